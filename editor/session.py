@@ -1,0 +1,253 @@
+"""Session: one open image, its layer memory, and the pipeline that paints it.
+
+The public Python API. The UI, the benchmark and the CLI all go through it; it is the one place
+that knows both the memory (memory/) and diffusion (pipelines/). Every operation either completes
+and commits one new layer stack to the memory, or raises and leaves the session exactly as it was.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from memory import LayerMemory, LayerRecord, MemoryStateError, ProjectError, load_project, save_project
+from pipelines import EditRegion, LayeredPipeline, LayeredPipelineOutput, load_pipeline, masks
+from pipelines.loading import EMBEDDED
+
+from .images import to_rgb_array
+from .settings import EditSettings
+
+MAX_SEED = 2**63 - 1
+
+
+class Session:
+    """An editable image made of layers: a background, then masked edits on top.
+
+    >>> session = Session.from_pretrained()                     # the embedded model
+    >>> session.generate("a grass background", seed=1)
+    >>> session.edit("a red star", mask=(8, 8, 40, 40))        # box in pixels, or a mask image
+    >>> session.undo(); session.redo(); session.save("scene.lep")
+    """
+
+    def __init__(self, pipeline: LayeredPipeline, *, model: str | None = None,
+                 defaults: EditSettings | None = None, history_limit: int | None = None):
+        self.pipeline = pipeline
+        self.model = model  # where the pipeline came from, so a saved project can reload it
+        self._defaults = defaults or EditSettings()
+        self._memory = LayerMemory(history_limit=history_limit)
+        self._seed: int | None = None
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | None = EMBEDDED, device=None, dtype=None, **defaults) -> Session:
+        """Open a session on the embedded model (default), a local diffusers folder or a hub id."""
+        source = EMBEDDED if path_or_id is None else str(path_or_id)
+        pipeline = load_pipeline(source, device=device, dtype=dtype)
+        return cls(pipeline, model=source, defaults=EditSettings().updated(**defaults))
+
+    # ------------------------------------------------------------------ state
+    @property
+    def defaults(self) -> EditSettings:
+        return self._defaults
+
+    def set_defaults(self, **settings) -> None:
+        """Change the settings later calls use when they do not pass their own."""
+        self._defaults = self._defaults.updated(**settings)
+
+    @property
+    def layers(self) -> tuple[LayerRecord, ...]:
+        return self._memory.layers
+
+    @property
+    def seed(self) -> int | None:
+        """The session seed: the initial noise every layer shares unless it is given its own seed."""
+        return self._seed
+
+    @property
+    def image(self) -> Image.Image | None:
+        top = self._memory.top
+        return None if top is None else Image.fromarray(np.asarray(top.image))
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) of the session's image, None before a background exists."""
+        top = self._memory.top
+        return None if top is None else (top.image.shape[1], top.image.shape[0])
+
+    @property
+    def can_undo(self) -> bool:
+        return self._memory.can_undo
+
+    @property
+    def can_redo(self) -> bool:
+        return self._memory.can_redo
+
+    # ------------------------------------------------------------------ operations
+    def generate(self, prompt: str, *, seed: int | None = None, width: int | None = None, height: int | None = None,
+                 callback_on_step_end: Callable | None = None, **settings) -> Image.Image:
+        """Paint a new background (layer 0). Replaces the stack as one undoable step.
+
+        `seed` becomes the session seed (a random one is drawn when omitted); `settings` are any
+        EditSettings names (num_inference_steps, guidance_scale, negative_prompt, scheduler, ...).
+        """
+        config = self._defaults.updated(**settings)
+        seed = _check_seed(seed) if seed is not None else secrets.randbelow(2**31)
+        default_w, default_h = self.pipeline.default_size
+        width, height = int(width or default_w), int(height or default_h)
+        out, seconds = self._run(prompt, config, seed=seed, height=height, width=width, edit=None,
+                                 callback_on_step_end=callback_on_step_end)
+        full = np.ones((height, width), dtype=bool)
+        record = self._record(prompt, config, seed, out, seconds, kind="background", user_mask=full, region=full,
+                              soft=full.astype(np.float32))
+        self._memory.commit((record,), "background")
+        self._seed = seed
+        return self.image
+
+    def edit(self, prompt: str, mask, *, seed: int | None = None, callback_on_step_end: Callable | None = None,
+             **settings) -> Image.Image:
+        """Paint `prompt` inside `mask` on top of the current image, as a new layer.
+
+        `mask`: a PIL image or numpy array of the image's size (painted = edit; values are
+        binarised at half their range), or a box (x0, y0, x1, y1) in pixels, x horizontal.
+        With preserve="pixels" (default) no pixel outside the (dilated) mask changes.
+        `seed`: None shares the session's initial noise (keeps untouched regions coherent).
+        """
+        below = self._require_top("edit")
+        config = self._defaults.updated(**settings)
+        seed = self._seed if seed is None else _check_seed(seed)
+        binary = masks.to_binary(mask, self.size)
+        region, soft = masks.refine(binary, config.mask_dilation, config.mask_feather)
+        if region.all():
+            warnings.warn("the mask covers the whole image: this edit repaints everything (no background kept)",
+                          stacklevel=2)
+        edit = EditRegion(region=region, soft_mask=soft, previous_image=np.asarray(below.image),
+                          previous_trajectory=below.trajectory, previous_schedule=below.schedule)
+        width, height = self.size
+        out, seconds = self._run(prompt, config, seed=seed, height=height, width=width, edit=edit,
+                                 callback_on_step_end=callback_on_step_end)
+        record = self._record(prompt, config, seed, out, seconds, kind="edit", user_mask=binary, region=region,
+                              soft=soft)
+        self._memory.push(record)
+        return self.image
+
+    def start_from_image(self, image, prompt: str = "", *, seed: int | None = None,
+                         width: int | None = None, height: int | None = None, **settings) -> Image.Image:
+        """Start from a photo: it becomes layer 0, with a trajectory later edits can follow.
+
+        The image is converted to RGB (alpha is composited on white), centre-cropped to the target
+        aspect and resized to (width, height), by default the model's native size. `prompt`
+        describes the photo (it is the background prompt regions fall back to).
+        """
+        config = self._defaults.updated(**settings)
+        seed = _check_seed(seed) if seed is not None else secrets.randbelow(2**31)
+        default_w, default_h = self.pipeline.default_size
+        size = (int(width or default_w), int(height or default_h))
+        pixels = to_rgb_array(image, size)
+        self.pipeline.check_prompt_length(prompt)
+        started = time.perf_counter()
+        trajectory, schedule = self.pipeline.trajectory_from_image(
+            pixels, num_inference_steps=config.num_inference_steps, scheduler=config.scheduler, seed=seed)
+        out = LayeredPipelineOutput(
+            image=pixels, decoded=pixels, trajectory=trajectory, schedule=schedule,
+            prompt_embeds=self.pipeline.encode_prompt(prompt).to("cpu", torch.float16),
+            negative_prompt_embeds=None, info={"bcg": "none", "unet_evals": 0, "source": "photo"})
+        full = np.ones(pixels.shape[:2], dtype=bool)
+        record = self._record(prompt, config, seed, out, time.perf_counter() - started, kind="background",
+                              user_mask=full, region=full, soft=full.astype(np.float32))
+        self._memory.commit((record,), "photo")
+        self._seed = seed
+        return self.image
+
+    def undo(self) -> str:
+        """Step back one operation; returns what was undone. Undoing past the background is an error."""
+        return self._memory.undo()
+
+    def redo(self) -> str:
+        """Re-apply the last undone operation; returns what was redone."""
+        return self._memory.redo()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the layer stack to a project directory, or a single file when `path` ends in .lep.
+
+        The write is atomic: an interrupted save leaves the previous project at `path` intact.
+        """
+        self._require_top("save")
+        meta = {"model": self.model, "seed": self._seed, "defaults": self._defaults.to_dict()}
+        save_project(path, self.layers, meta)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, pipeline: LayeredPipeline | None = None, device=None, dtype=None) -> Session:
+        """Open a saved project; by default reloads the model recorded in it."""
+        layers, meta = load_project(path)
+        model = meta.get("model")
+        if model is not None and not isinstance(model, str):
+            raise ProjectError(f"{path}: 'model' must be a string, got {type(model).__name__}")
+        try:
+            defaults = EditSettings.from_dict(meta.get("defaults") or {})
+            seed = _check_seed(meta["seed"]) if meta.get("seed") is not None else None
+        except (TypeError, ValueError) as error:
+            raise ProjectError(f"{path}: invalid session settings: {error}") from error
+        if pipeline is None:
+            pipeline = load_pipeline(model, device=device, dtype=dtype)
+        session = cls(pipeline, model=model, defaults=defaults)
+        session._check_compatible(layers, path)
+        if layers:
+            session._memory.commit(tuple(layers), "load")
+            session._memory.clear_history()
+        session._seed = seed
+        return session
+
+    # ------------------------------------------------------------------ internals
+    def _require_top(self, action: str) -> LayerRecord:
+        top = self._memory.top
+        if top is None:
+            raise MemoryStateError(f"cannot {action}: the session has no background yet; call generate() or "
+                                   "start_from_image() first")
+        return top
+
+    def _run(self, prompt: str, config: EditSettings, *, seed: int, height: int, width: int,
+             edit: EditRegion | None, callback_on_step_end) -> tuple[LayeredPipelineOutput, float]:
+        started = time.perf_counter()
+        out = self.pipeline(
+            prompt, config.negative_prompt, num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale, scheduler=config.scheduler, seed=seed, height=height, width=width,
+            edit=edit, free_steps_ratio=config.free_steps_ratio, preserve=config.preserve,
+            callback_on_step_end=callback_on_step_end)
+        return out, time.perf_counter() - started
+
+    def _record(self, prompt: str, config: EditSettings, seed: int, out: LayeredPipelineOutput, seconds: float, *,
+                kind: str, user_mask: np.ndarray, region: np.ndarray, soft: np.ndarray) -> LayerRecord:
+        return LayerRecord(
+            prompt=prompt, negative_prompt=config.negative_prompt, seed=seed, settings=config.to_dict(),
+            schedule=out.schedule, prompt_embeds=out.prompt_embeds,
+            negative_prompt_embeds=out.negative_prompt_embeds,
+            user_mask=user_mask.astype(np.uint8) * 255, mask=soft.astype(np.float32),
+            trajectory=tuple(out.trajectory), image=out.image, kind=kind,
+            info={**out.info, "seconds": round(seconds, 4), "region_pixels": int(region.sum())})
+
+    def _check_compatible(self, layers, path) -> None:
+        """A project's latents must fit this pipeline's latent space, or BCG would read garbage."""
+        for index, layer in enumerate(layers):
+            height, width = layer.image.shape[:2]
+            factor = self.pipeline.vae_scale_factor
+            expected = (self.pipeline.latent_channels, height // factor, width // factor)
+            if tuple(layer.trajectory[0].shape[-3:]) != expected:
+                raise ProjectError(
+                    f"{path}: layer {index} holds latents of shape {tuple(layer.trajectory[0].shape[-3:])} but this "
+                    f"model makes {expected}; open the project with the model it was made with ({self.model!r})")
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
+    return int(seed)

@@ -1,0 +1,77 @@
+"""Per-layer generation settings: one default each, defined here, validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from pipelines.pipeline_layered import PRESERVE_MODES
+from pipelines.schedulers import SCHEDULERS
+
+MAX_STEPS = 1000
+MAX_GUIDANCE_SCALE = 50.0
+MAX_MASK_PIXELS = 256  # dilation / feather radius; more is almost surely a unit mistake
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """How one layer is generated. Names follow diffusers where diffusers has the setting."""
+
+    num_inference_steps: int = 20
+    guidance_scale: float = 7.5
+    negative_prompt: str = ""
+    scheduler: str = "ddim"
+    # Share of final steps left unblended so the edit's boundary harmonises with the background.
+    # The paper's demo uses 0.05 (its evaluation 0.2); 0.1 frees the last 2 of 20 steps.
+    free_steps_ratio: float = 0.1
+    # "pixels": previous pixels kept bit-identical outside the soft mask; "latents": paper behaviour.
+    preserve: str = "pixels"
+    mask_dilation: int = 0  # px grown around a rough mask; 0 keeps the promise "outside your mask is untouched"
+    mask_feather: int = 2  # px of inward blend at the mask's edge, so the composite shows no seam
+
+    def __post_init__(self):
+        _check_int("num_inference_steps", self.num_inference_steps, 1, MAX_STEPS)
+        _check_number("guidance_scale", self.guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
+        if not isinstance(self.negative_prompt, str):
+            raise TypeError(f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
+        _check_number("free_steps_ratio", self.free_steps_ratio, 0.0, 1.0)
+        if self.preserve not in PRESERVE_MODES:
+            raise ValueError(f"preserve must be one of {PRESERVE_MODES}, got {self.preserve!r}")
+        _check_int("mask_dilation", self.mask_dilation, 0, MAX_MASK_PIXELS)
+        _check_int("mask_feather", self.mask_feather, 0, MAX_MASK_PIXELS)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def updated(self, **changes) -> EditSettings:
+        """A copy with `changes` applied (None means "keep"); unknown names are an error, not ignored."""
+        unknown = set(changes) - set(self.names())
+        if unknown:
+            raise TypeError(f"unknown setting(s) {sorted(unknown)}; valid settings are {list(self.names())}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EditSettings:
+        """Settings as stored in a project; names this version does not know are an error."""
+        return cls().updated(**values)
+
+
+def _check_int(name: str, value, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def _check_number(name: str, value, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")

@@ -1,0 +1,17 @@
+"""Diffusion: the layered pipeline, mask processing, BCG. Knows nothing of layers, undo or UI."""
+
+from .loading import EMBEDDED_MODEL_DIR, load_pipeline
+from .masks import MaskError
+from .pipeline_layered import EditRegion, LayeredPipeline, LayeredPipelineOutput, composite
+from .schedulers import SCHEDULERS
+
+__all__ = [
+    "EMBEDDED_MODEL_DIR",
+    "EditRegion",
+    "LayeredPipeline",
+    "LayeredPipelineOutput",
+    "MaskError",
+    "SCHEDULERS",
+    "composite",
+    "load_pipeline",
+]

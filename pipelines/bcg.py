@@ -1,0 +1,37 @@
+"""Background Consistency Guidance as small pure functions the denoising loop calls.
+
+BCG replaces the background part of the latent after each scheduler step with the latent the
+memory holds for that same step, instead of re-noising the previous image (the classic blended
+latent method). The last `free_steps_ratio` of the steps run unblended so the boundary harmonises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def blended_step_count(num_steps: int, free_steps_ratio: float) -> int:
+    """How many leading steps are blended: N - floor(N * free_steps_ratio)."""
+    return num_steps - math.floor(num_steps * free_steps_ratio)
+
+
+def blend(latents: torch.Tensor, remembered: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(1 - mask) * remembered + mask * latents; where mask == 0 the result *is* the remembered latent."""
+    remembered = remembered.to(device=latents.device, dtype=latents.dtype)
+    return torch.lerp(remembered, latents, mask.to(latents.dtype))
+
+
+def renoised_trajectory(scheduler, final_latent: torch.Tensor, noise: torch.Tensor, timesteps: Sequence) -> list[torch.Tensor]:
+    """The fallback memory when the stored trajectory's schedule differs from this edit's.
+
+    Entry i is the previous final latent noised to the level the sample has after step i (the
+    level of timestep i+1; the last entry is the clean latent), with the session's own noise so
+    untouched regions stay coherent with the rest of the trajectory.
+    """
+    levels = list(timesteps[1:])
+    trajectory = [scheduler.add_noise(final_latent, noise, torch.as_tensor([t])) for t in levels]
+    trajectory.append(final_latent)
+    return trajectory

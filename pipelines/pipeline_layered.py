@@ -1,0 +1,278 @@
+"""LayeredPipeline: text-to-image and masked edits that follow a remembered latent trajectory.
+
+A diffusers `DiffusionPipeline` with the Stable Diffusion components, so any SD-1.x/2.x folder
+(4-channel text-to-image or 9-channel inpainting UNet) and the shipped embedded model load with
+`from_pretrained`. It knows nothing of layers, undo or projects: the editor hands it the previous
+layer's trajectory and image as plain tensors and stores what it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+from . import bcg
+from .masks import latent_mask
+from .schedulers import make_scheduler, schedule_fingerprint
+
+PRESERVE_MODES = ("pixels", "latents")
+CALLBACK_TENSOR_INPUTS = ("latents",)
+
+
+@dataclass(frozen=True)
+class EditRegion:
+    """What an edit needs from the layer below it, as plain arrays and tensors."""
+
+    region: np.ndarray  # bool HxW: where the new content may appear
+    soft_mask: np.ndarray  # float32 HxW in [0, 1], 0 outside `region`: pixel composite weights
+    previous_image: np.ndarray  # uint8 HxWx3
+    previous_trajectory: Sequence[torch.Tensor]  # latent after each step of the layer below
+    previous_schedule: tuple  # that trajectory's schedule fingerprint
+
+
+@dataclass
+class LayeredPipelineOutput:
+    """One layer's result: the image and everything the memory keeps for later edits."""
+
+    image: np.ndarray  # uint8 HxWx3, after the pixel composite
+    decoded: np.ndarray  # uint8 HxWx3, the VAE's output before compositing
+    trajectory: list[torch.Tensor]  # fp16 CPU, the latent after each step (after blending)
+    schedule: tuple
+    prompt_embeds: torch.Tensor  # fp16 CPU
+    negative_prompt_embeds: torch.Tensor | None  # fp16 CPU, None when CFG was off
+    info: dict = field(default_factory=dict)
+
+
+class LayeredPipeline(DiffusionPipeline):
+    """Generate a background, then edit inside masks with Background Consistency Guidance."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _callback_tensor_inputs = list(CALLBACK_TENSOR_INPUTS)
+
+    def __init__(self, vae: AutoencoderKL, text_encoder, tokenizer, unet: UNet2DConditionModel, scheduler):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(width, height) the UNet was trained at."""
+        side = int(self.unet.config.sample_size) * self.vae_scale_factor
+        return side, side
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def is_inpainting_unet(self) -> bool:
+        """SD inpainting UNets take latents + mask + masked-image latents (4 + 1 + 4 channels)."""
+        return int(self.unet.config.in_channels) == 2 * self.latent_channels + 1
+
+    # ----------------------------------------------------------------- inputs
+    def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
+                     edit, free_steps_ratio, preserve, callback_on_step_end_tensor_inputs):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not isinstance(negative_prompt, str):
+            raise TypeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
+        for text, name in ((prompt, "prompt"), (negative_prompt, "negative_prompt")):
+            self.check_prompt_length(text, name)
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {width}x{height}")
+        if not 0.0 <= free_steps_ratio <= 1.0:
+            raise ValueError(f"free_steps_ratio must be in [0, 1], got {free_steps_ratio!r}")
+        if preserve not in PRESERVE_MODES:
+            raise ValueError(f"preserve must be one of {PRESERVE_MODES}, got {preserve!r}")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSOR_INPUTS)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may hold {CALLBACK_TENSOR_INPUTS}, got {sorted(unknown)}")
+        if edit is not None:
+            expected = (height, width)
+            if edit.region.shape != expected or edit.soft_mask.shape != expected or edit.previous_image.shape[:2] != expected:
+                raise ValueError(f"edit masks and previous image must be {width}x{height}")
+
+    def check_prompt_length(self, text: str, name: str = "prompt") -> None:
+        """A prompt longer than the text encoder's window is an error, not a silent truncation."""
+        count = len(self.tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"])
+        limit = self.tokenizer.model_max_length
+        if count > limit:
+            raise ValueError(f"{name} is {count} tokens long but the text encoder reads at most {limit}; shorten it")
+
+    # ----------------------------------------------------------------- encoders
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Text -> the text encoder's last hidden states [1, L, D] (padded to the tokenizer's window)."""
+        tokens = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        hidden = self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
+        return hidden.to(dtype=self.unet.dtype)
+
+    @torch.no_grad()
+    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 HxWx3 -> scaled latent [1, C, h, w] (the posterior's mode: deterministic)."""
+        pixels = self.image_processor.preprocess(image.astype(np.float32)[None] / 255.0)
+        pixels = pixels.to(device=self.vae.device, dtype=self.vae.dtype)
+        latent = self.vae.encode(pixels).latent_dist.mode()
+        return latent * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """Scaled latent -> uint8 HxWx3."""
+        sample = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        image = self.image_processor.postprocess(sample.float(), output_type="np")[0]
+        return (image * 255.0).round().astype(np.uint8)
+
+    def initial_noise(self, seed: int, height: int, width: int) -> torch.Tensor:
+        """x_T for a seed, drawn on the CPU so a seed gives the same noise on every device."""
+        shape = (1, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(
+            device=self._execution_device, dtype=self.unet.dtype)
+
+    def inpainting_inputs(self, edit: EditRegion | None, height: int, width: int) -> torch.Tensor:
+        """The extra mask + masked-image latents an inpainting UNet reads (empty for text-to-image UNets)."""
+        if edit is None:  # a background: everything is to be painted, nothing is known
+            region = np.ones((height, width), dtype=bool)
+            known = np.zeros((height, width, 3), dtype=np.uint8) + 127
+        else:
+            # like diffusers' inpainting pipelines: the region to paint is mid-grey in the known image
+            region = edit.region
+            known = np.where(region[..., None], 127, edit.previous_image)
+        size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        mask = latent_mask(region, size, device=self._execution_device, dtype=self.unet.dtype)
+        return torch.cat([mask, self.encode_image(known.astype(np.uint8)).to(self.unet.dtype)], dim=1)
+
+    # ----------------------------------------------------------------- the call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        *,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.5,
+        scheduler: str = "ddim",
+        seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
+        edit: EditRegion | None = None,
+        free_steps_ratio: float = 0.1,
+        preserve: str = "pixels",
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> LayeredPipelineOutput:
+        """Generate a background (edit=None) or one masked edit on top of the layer described by `edit`.
+
+        Steps: encode prompts; start from the seed's noise; each step run the UNet (a batch of 2
+        with CFG), step the scheduler, blend the background from memory (BCG) for all but the free
+        final steps, record the latent; decode; keep the previous pixels outside the soft mask.
+        """
+        # 1. Check inputs
+        default_w, default_h = self.default_size
+        height = height or (edit.previous_image.shape[0] if edit is not None else default_h)
+        width = width or (edit.previous_image.shape[1] if edit is not None else default_w)
+        self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
+                          edit, free_steps_ratio, preserve, callback_on_step_end_tensor_inputs)
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+
+        # 2. Encode the prompts (the unconditional half is the negative prompt, "" by default)
+        prompt_embeds = self.encode_prompt(prompt)
+        negative_embeds = self.encode_prompt(negative_prompt) if do_cfg else None
+        text = torch.cat([negative_embeds, prompt_embeds]) if do_cfg else prompt_embeds
+
+        # 3. Timesteps, from a fresh scheduler so concurrent calls never share its state
+        sampler = make_scheduler(scheduler, self.scheduler.config)
+        sampler.set_timesteps(num_inference_steps, device=device)
+        timesteps = sampler.timesteps
+        fingerprint = schedule_fingerprint(sampler)
+
+        # 4. Initial noise: the same for every layer of a session unless its seed differs
+        noise = self.initial_noise(seed, height, width)
+        latents = noise * sampler.init_noise_sigma
+
+        # 5. What BCG follows: the stored trajectory, or the re-noised previous latent when the
+        #    schedules differ (the stored steps then sit at other noise levels)
+        remembered, bcg_source, blend_steps, mask = None, "none", 0, None
+        if edit is not None:
+            mask = latent_mask(edit.region, tuple(latents.shape[-2:]), device=device, dtype=latents.dtype)
+            if tuple(edit.previous_schedule) == fingerprint:
+                remembered, bcg_source = edit.previous_trajectory, "memory"
+            else:
+                final = edit.previous_trajectory[-1].to(device=device, dtype=latents.dtype)
+                remembered, bcg_source = bcg.renoised_trajectory(sampler, final, noise, timesteps), "renoise"
+            blend_steps = bcg.blended_step_count(len(timesteps), free_steps_ratio)
+        extra_channels = self.inpainting_inputs(edit, height, width) if self.is_inpainting_unet else None
+
+        # 6. Denoising loop
+        trajectory: list[torch.Tensor] = []
+        unet_evals = 0
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if do_cfg else latents
+                model_input = sampler.scale_model_input(model_input, t)
+                if extra_channels is not None:
+                    model_input = torch.cat([model_input, extra_channels.expand(model_input.shape[0], -1, -1, -1)], dim=1)
+                noise_pred = self.unet(model_input, t, encoder_hidden_states=text).sample
+                unet_evals += model_input.shape[0]
+                if do_cfg:
+                    uncond, cond = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (cond - uncond)
+                latents = sampler.step(noise_pred, t, latents).prev_sample
+                if i < blend_steps:
+                    latents = bcg.blend(latents, remembered[i], mask)
+                if callback_on_step_end is not None:
+                    values = {"latents": latents} if "latents" in callback_on_step_end_tensor_inputs else {}
+                    latents = callback_on_step_end(self, i, t, values).get("latents", latents)
+                trajectory.append(latents.detach().to("cpu", torch.float16))
+                progress.update()
+
+        # 7. Decode, then keep the previous pixels wherever the soft mask is 0
+        decoded = self.decode_latents(latents)
+        image = decoded if edit is None or preserve == "latents" else composite(edit.previous_image, decoded, edit.soft_mask)
+
+        return LayeredPipelineOutput(
+            image=image,
+            decoded=decoded,
+            trajectory=trajectory,
+            schedule=fingerprint,
+            prompt_embeds=prompt_embeds.detach().to("cpu", torch.float16),
+            negative_prompt_embeds=None if negative_embeds is None else negative_embeds.detach().to("cpu", torch.float16),
+            info={"bcg": bcg_source, "blended_steps": blend_steps, "unet_evals": unet_evals},
+        )
+
+    @torch.no_grad()
+    def trajectory_from_image(self, image: np.ndarray, *, num_inference_steps: int = 20, scheduler: str = "ddim",
+                              seed: int = 0) -> tuple[list[torch.Tensor], tuple]:
+        """A trajectory for a photo: its latent noised to each step's level with the session noise.
+
+        Cheaper and more faithful to the photo than DDIM inversion; later edits follow it exactly
+        like a generated background's trajectory.
+        """
+        height, width = image.shape[:2]
+        sampler = make_scheduler(scheduler, self.scheduler.config)
+        sampler.set_timesteps(num_inference_steps, device=self._execution_device)
+        latent = self.encode_image(image).to(self.unet.dtype)
+        noise = self.initial_noise(seed, height, width)
+        trajectory = bcg.renoised_trajectory(sampler, latent, noise, sampler.timesteps)
+        return [z.detach().to("cpu", torch.float16) for z in trajectory], schedule_fingerprint(sampler)
+
+
+def composite(previous: np.ndarray, decoded: np.ndarray, soft_mask: np.ndarray) -> np.ndarray:
+    """Previous pixels where the soft mask is 0 (bit-identical), decoded pixels where it is 1, a blend between."""
+    weight = soft_mask[..., None].astype(np.float32)
+    mixed = previous.astype(np.float32) * (1.0 - weight) + decoded.astype(np.float32) * weight
+    return np.where(weight > 0, np.clip(np.round(mixed), 0, 255), previous).astype(np.uint8)

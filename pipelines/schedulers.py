@@ -1,0 +1,26 @@
+"""The schedulers a user can pick by name, built from the checkpoint's own scheduler config."""
+
+from __future__ import annotations
+
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+# Only deterministic samplers: an edit must be reproducible from its seed, and BCG indexes the
+# stored trajectory by step, which ancestral samplers would make depend on fresh noise.
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "euler": (EulerDiscreteScheduler, {}),
+}
+
+
+def make_scheduler(name: str, base_config):
+    """A fresh scheduler of kind `name` (one per call, so concurrent edits never share state)."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
+    cls, overrides = SCHEDULERS[name]
+    return cls.from_config(base_config, **overrides)
+
+
+def schedule_fingerprint(scheduler) -> tuple[str, tuple[int, ...]]:
+    """(scheduler class, timesteps): two edits can share a stored trajectory only if these match."""
+    return type(scheduler).__name__, tuple(int(t) for t in scheduler.timesteps.tolist())
