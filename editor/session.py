@@ -42,7 +42,6 @@ class Session:
         self.model = model  # where the pipeline came from, so a saved project can reload it
         self._defaults = defaults or EditSettings()
         self._memory = LayerMemory(history_limit=history_limit)
-        self._seed: int | None = None
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | None = EMBEDDED, device=None, dtype=None, **defaults) -> Session:
@@ -66,19 +65,19 @@ class Session:
 
     @property
     def seed(self) -> int | None:
-        """The session seed: the initial noise every layer shares unless it is given its own seed."""
-        return self._seed
+        """The session seed (layer 0's): the initial noise every layer shares unless given its own seed."""
+        return self.layers[0].seed if self.layers else None
 
     @property
     def image(self) -> Image.Image | None:
-        top = self._memory.top
-        return None if top is None else Image.fromarray(np.asarray(top.image))
+        """The current picture: the image of the topmost visible layer."""
+        visible = [layer for layer in self.layers if layer.visible]
+        return Image.fromarray(np.asarray(visible[-1].image)) if visible else None
 
     @property
     def size(self) -> tuple[int, int] | None:
         """(width, height) of the session's image, None before a background exists."""
-        top = self._memory.top
-        return None if top is None else (top.image.shape[1], top.image.shape[0])
+        return (self.layers[0].image.shape[1], self.layers[0].image.shape[0]) if self.layers else None
 
     @property
     def can_undo(self) -> bool:
@@ -88,7 +87,7 @@ class Session:
     def can_redo(self) -> bool:
         return self._memory.can_redo
 
-    # ------------------------------------------------------------------ operations
+    # ------------------------------------------------------------------ creating layers
     def generate(self, prompt: str, *, seed: int | None = None, width: int | None = None, height: int | None = None,
                  callback_on_step_end: Callable | None = None, **settings) -> Image.Image:
         """Paint a new background (layer 0). Replaces the stack as one undoable step.
@@ -99,41 +98,9 @@ class Session:
         config = self._defaults.updated(**settings)
         seed = _check_seed(seed) if seed is not None else secrets.randbelow(2**31)
         default_w, default_h = self.pipeline.default_size
-        width, height = int(width or default_w), int(height or default_h)
-        out, seconds = self._run(prompt, config, seed=seed, height=height, width=width, edit=None,
-                                 callback_on_step_end=callback_on_step_end)
-        full = np.ones((height, width), dtype=bool)
-        record = self._record(prompt, config, seed, out, seconds, kind="background", user_mask=full, region=full,
-                              soft=full.astype(np.float32))
+        size = (int(width or default_w), int(height or default_h))
+        record = self._paint_background(prompt, config, seed, size, callback_on_step_end)
         self._memory.commit((record,), "background")
-        self._seed = seed
-        return self.image
-
-    def edit(self, prompt: str, mask, *, seed: int | None = None, callback_on_step_end: Callable | None = None,
-             **settings) -> Image.Image:
-        """Paint `prompt` inside `mask` on top of the current image, as a new layer.
-
-        `mask`: a PIL image or numpy array of the image's size (painted = edit; values are
-        binarised at half their range), or a box (x0, y0, x1, y1) in pixels, x horizontal.
-        With preserve="pixels" (default) no pixel outside the (dilated) mask changes.
-        `seed`: None shares the session's initial noise (keeps untouched regions coherent).
-        """
-        below = self._require_top("edit")
-        config = self._defaults.updated(**settings)
-        seed = self._seed if seed is None else _check_seed(seed)
-        binary = masks.to_binary(mask, self.size)
-        region, soft = masks.refine(binary, config.mask_dilation, config.mask_feather)
-        if region.all():
-            warnings.warn("the mask covers the whole image: this edit repaints everything (no background kept)",
-                          stacklevel=2)
-        edit = EditRegion(region=region, soft_mask=soft, previous_image=np.asarray(below.image),
-                          previous_trajectory=below.trajectory, previous_schedule=below.schedule)
-        width, height = self.size
-        out, seconds = self._run(prompt, config, seed=seed, height=height, width=width, edit=edit,
-                                 callback_on_step_end=callback_on_step_end)
-        record = self._record(prompt, config, seed, out, seconds, kind="edit", user_mask=binary, region=region,
-                              soft=soft)
-        self._memory.push(record)
         return self.image
 
     def start_from_image(self, image, prompt: str = "", *, seed: int | None = None,
@@ -147,8 +114,7 @@ class Session:
         config = self._defaults.updated(**settings)
         seed = _check_seed(seed) if seed is not None else secrets.randbelow(2**31)
         default_w, default_h = self.pipeline.default_size
-        size = (int(width or default_w), int(height or default_h))
-        pixels = to_rgb_array(image, size)
+        pixels = to_rgb_array(image, (int(width or default_w), int(height or default_h)))
         self.pipeline.check_prompt_length(prompt)
         started = time.perf_counter()
         trajectory, schedule = self.pipeline.trajectory_from_image(
@@ -161,7 +127,68 @@ class Session:
         record = self._record(prompt, config, seed, out, time.perf_counter() - started, kind="background",
                               user_mask=full, region=full, soft=full.astype(np.float32))
         self._memory.commit((record,), "photo")
-        self._seed = seed
+        return self.image
+
+    def edit(self, prompt: str, mask, *, seed: int | None = None, callback_on_step_end: Callable | None = None,
+             **settings) -> Image.Image:
+        """Paint `prompt` inside `mask` on top of the current image, as a new layer.
+
+        `mask`: a PIL image or numpy array of the image's size (painted = edit; values are
+        binarised at half their range), or a box (x0, y0, x1, y1) in pixels, x horizontal.
+        With preserve="pixels" (default) no pixel outside the (dilated) mask changes.
+        `seed`: None shares the session's initial noise (keeps untouched regions coherent).
+        """
+        self._require_background("edit")
+        config = self._defaults.updated(**settings)
+        binary = masks.to_binary(mask, self.size)
+        own_seed = None if seed is None else _check_seed(seed)
+        record = self._paint_edit(prompt, binary, config, own_seed, self.layers, callback_on_step_end)
+        self._memory.push(record)
+        return self.image
+
+    # ------------------------------------------------------------------ changing earlier layers
+    def replace(self, index: int, *, prompt: str | None = None, mask=None, seed: int | None = None,
+                callback_on_step_end: Callable | None = None, **settings) -> Image.Image:
+        """Re-edit layer `index` with a new prompt, mask, seed or settings; the layers above are replayed.
+
+        Layer 0 is repainted as a background (the image size stays). Omitted arguments keep the
+        layer's own. One undoable step: undo restores the exact earlier stack.
+        """
+        old = self._layer(index, "replace")
+        config = EditSettings.from_dict(dict(old.settings)).updated(**settings)
+        below = self.layers[:index]
+        if index == 0:
+            new_seed = old.seed if seed is None else _check_seed(seed)
+            record = self._paint_background(old.prompt if prompt is None else prompt, config, new_seed,
+                                            self.size, callback_on_step_end)
+        else:
+            binary = masks.to_binary(mask, self.size) if mask is not None else np.asarray(old.user_mask) > 0
+            own_seed = _own_seed(old) if seed is None else _check_seed(seed)
+            record = self._paint_edit(old.prompt if prompt is None else prompt, binary, config, own_seed, below,
+                                      callback_on_step_end)
+            record = record if old.visible else record.replace(visible=False)
+        self._memory.commit(self._replay(below + (record,), self.layers[index + 1:]), f"replace layer {index}")
+        return self.image
+
+    def remove(self, index: int) -> Image.Image:
+        """Delete layer `index` (not the background); the layers above are replayed without it."""
+        self._layer(index, "remove")
+        if index == 0:
+            raise ValueError("the background cannot be removed; use replace(0, prompt=...) to repaint it")
+        self._memory.commit(self._replay(self.layers[:index], self.layers[index + 1:]), f"remove layer {index}")
+        return self.image
+
+    def set_visible(self, index: int, visible: bool) -> Image.Image:
+        """Hide or show layer `index`; the layers above are replayed as if it were (not) there."""
+        old = self._layer(index, "hide or show")
+        if index == 0:
+            raise ValueError("the background cannot be hidden")
+        if bool(visible) == old.visible:
+            return self.image
+        below = self.layers[:index]
+        record = self._repaint(old, below) if visible else old.replace(visible=False)
+        label = f"{'show' if visible else 'hide'} layer {index}"
+        self._memory.commit(self._replay(below + (record,), self.layers[index + 1:]), label)
         return self.image
 
     def undo(self) -> str:
@@ -178,8 +205,8 @@ class Session:
 
         The write is atomic: an interrupted save leaves the previous project at `path` intact.
         """
-        self._require_top("save")
-        meta = {"model": self.model, "seed": self._seed, "defaults": self._defaults.to_dict()}
+        self._require_background("save")
+        meta = {"model": self.model, "defaults": self._defaults.to_dict()}
         save_project(path, self.layers, meta)
         return Path(path)
 
@@ -192,7 +219,6 @@ class Session:
             raise ProjectError(f"{path}: 'model' must be a string, got {type(model).__name__}")
         try:
             defaults = EditSettings.from_dict(meta.get("defaults") or {})
-            seed = _check_seed(meta["seed"]) if meta.get("seed") is not None else None
         except (TypeError, ValueError) as error:
             raise ProjectError(f"{path}: invalid session settings: {error}") from error
         if pipeline is None:
@@ -202,16 +228,62 @@ class Session:
         if layers:
             session._memory.commit(tuple(layers), "load")
             session._memory.clear_history()
-        session._seed = seed
         return session
 
     # ------------------------------------------------------------------ internals
-    def _require_top(self, action: str) -> LayerRecord:
-        top = self._memory.top
-        if top is None:
+    def _require_background(self, action: str) -> None:
+        if not self.layers:
             raise MemoryStateError(f"cannot {action}: the session has no background yet; call generate() or "
                                    "start_from_image() first")
-        return top
+
+    def _layer(self, index, action: str) -> LayerRecord:
+        self._require_background(action)
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"layer index must be an integer, got {index!r}")
+        if not 0 <= index < len(self.layers):
+            raise IndexError(f"cannot {action} layer {index}: the session has layers 0..{len(self.layers) - 1}")
+        return self.layers[index]
+
+    def _paint_background(self, prompt, config: EditSettings, seed: int, size, callback) -> LayerRecord:
+        width, height = size
+        out, seconds = self._run(prompt, config, seed=seed, height=height, width=width, edit=None,
+                                 callback_on_step_end=callback)
+        full = np.ones((height, width), dtype=bool)
+        return self._record(prompt, config, seed, out, seconds, kind="background", user_mask=full, region=full,
+                            soft=full.astype(np.float32))
+
+    def _paint_edit(self, prompt, binary: np.ndarray, config: EditSettings, own_seed: int | None,
+                    below: tuple[LayerRecord, ...], callback) -> LayerRecord:
+        """One edit on top of the visible layers of `below`. own_seed None = share layer 0's noise."""
+        region, soft = masks.refine(binary, config.mask_dilation, config.mask_feather)
+        if region.all():
+            warnings.warn("the mask covers the whole image: this edit repaints everything (no background kept)",
+                          stacklevel=3)
+        visible = [layer for layer in below if layer.visible]
+        base = visible[-1]
+        edit = EditRegion(region=region, soft_mask=soft, previous_image=np.asarray(base.image),
+                          previous_trajectory=base.trajectory, previous_schedule=base.schedule,
+                          background=config.background,
+                          earlier_regions=[(layer.prompt_embeds, np.asarray(layer.mask) > 0) for layer in visible])
+        seed = below[0].seed if own_seed is None else own_seed
+        height, width = region.shape
+        out, seconds = self._run(prompt, config, seed=seed, height=height, width=width, edit=edit,
+                                 callback_on_step_end=callback)
+        out.info["shares_session_seed"] = own_seed is None
+        return self._record(prompt, config, seed, out, seconds, kind="edit", user_mask=binary, region=region,
+                            soft=soft)
+
+    def _repaint(self, record: LayerRecord, below: tuple[LayerRecord, ...]) -> LayerRecord:
+        """Run an edit layer again, with its own prompt, mask, seed and settings, on a new stack below."""
+        return self._paint_edit(record.prompt, np.asarray(record.user_mask) > 0,
+                                EditSettings.from_dict(dict(record.settings)), _own_seed(record), below, None)
+
+    def _replay(self, below: tuple[LayerRecord, ...], above: tuple[LayerRecord, ...]) -> tuple[LayerRecord, ...]:
+        """Stack `above` on `below` again: visible layers are repainted in order, hidden ones kept as they are."""
+        stack = tuple(below)
+        for record in above:
+            stack += (self._repaint(record, stack) if record.visible else record,)
+        return stack
 
     def _run(self, prompt: str, config: EditSettings, *, seed: int, height: int, width: int,
              edit: EditRegion | None, callback_on_step_end) -> tuple[LayeredPipelineOutput, float]:
@@ -220,7 +292,7 @@ class Session:
             prompt, config.negative_prompt, num_inference_steps=config.num_inference_steps,
             guidance_scale=config.guidance_scale, scheduler=config.scheduler, seed=seed, height=height, width=width,
             edit=edit, free_steps_ratio=config.free_steps_ratio, preserve=config.preserve,
-            callback_on_step_end=callback_on_step_end)
+            attention=config.attention, callback_on_step_end=callback_on_step_end)
         return out, time.perf_counter() - started
 
     def _record(self, prompt: str, config: EditSettings, seed: int, out: LayeredPipelineOutput, seconds: float, *,
@@ -243,6 +315,11 @@ class Session:
                 raise ProjectError(
                     f"{path}: layer {index} holds latents of shape {tuple(layer.trajectory[0].shape[-3:])} but this "
                     f"model makes {expected}; open the project with the model it was made with ({self.model!r})")
+
+
+def _own_seed(record: LayerRecord) -> int | None:
+    """A layer's seed for a replay: None when it shared the session's noise (so it follows layer 0's seed)."""
+    return None if record.info.get("shares_session_seed") else record.seed
 
 
 def _check_seed(seed) -> int:

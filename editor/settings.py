@@ -6,7 +6,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from pipelines.pipeline_layered import PRESERVE_MODES
+from pipelines.attention import ATTENTION_MODES
+from pipelines.pipeline_layered import BACKGROUND_SOURCES, PRESERVE_MODES
 from pipelines.schedulers import SCHEDULERS
 
 MAX_STEPS = 1000
@@ -25,6 +26,11 @@ class EditSettings:
     # Share of final steps left unblended so the edit's boundary harmonises with the background.
     # The paper's demo uses 0.05 (its evaluation 0.2); 0.1 frees the last 2 of 20 steps.
     free_steps_ratio: float = 0.1
+    # "memory": Background Consistency Guidance; "renoise": the no-memory blended-latent baseline.
+    background: str = "memory"
+    # Cross-attention routing: "mqd" each region hears its own layer's prompt; "qd" only the current
+    # edit vs the background prompt; "bcg" plain cross-attention to the current prompt.
+    attention: str = "mqd"
     # "pixels": previous pixels kept bit-identical outside the soft mask; "latents": paper behaviour.
     preserve: str = "pixels"
     mask_dilation: int = 0  # px grown around a rough mask; 0 keeps the promise "outside your mask is untouched"
@@ -38,6 +44,10 @@ class EditSettings:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
         _check_number("free_steps_ratio", self.free_steps_ratio, 0.0, 1.0)
+        if self.background not in BACKGROUND_SOURCES:
+            raise ValueError(f"background must be one of {BACKGROUND_SOURCES}, got {self.background!r}")
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.preserve not in PRESERVE_MODES:
             raise ValueError(f"preserve must be one of {PRESERVE_MODES}, got {self.preserve!r}")
         _check_int("mask_dilation", self.mask_dilation, 0, MAX_MASK_PIXELS)

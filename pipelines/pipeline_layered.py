@@ -8,6 +8,9 @@ layer's trajectory and image as plain tensors and stores what it returns.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,11 +21,24 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import bcg
+from .attention import ATTENTION_MODES, RegionMaps, regional_attention
 from .masks import latent_mask
 from .schedulers import make_scheduler, schedule_fingerprint
 
 PRESERVE_MODES = ("pixels", "latents")
+# "memory": BCG follows the layer below's stored trajectory; "renoise": the blended-latent baseline
+# re-encodes the previous image and noises it to each step (no memory; used for ablations).
+BACKGROUND_SOURCES = ("memory", "renoise")
 CALLBACK_TENSOR_INPUTS = ("latents",)
+
+
+def serialized(method):
+    """Run a pipeline method under the pipeline's lock: MQD swaps the UNet's processors for a call."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._call_lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,10 @@ class EditRegion:
     previous_image: np.ndarray  # uint8 HxWx3
     previous_trajectory: Sequence[torch.Tensor]  # latent after each step of the layer below
     previous_schedule: tuple  # that trajectory's schedule fingerprint
+    background: str = "memory"  # see BACKGROUND_SOURCES
+    # MQD: the earlier visible layers, back to front, as (prompt embeds [1, L, D], bool HxW mask);
+    # the first is the background (its mask is the whole image).
+    earlier_regions: Sequence[tuple[torch.Tensor, np.ndarray]] = ()
 
 
 @dataclass
@@ -60,6 +80,7 @@ class LayeredPipeline(DiffusionPipeline):
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._call_lock = threading.RLock()
 
     # ----------------------------------------------------------------- properties
     @property
@@ -79,7 +100,7 @@ class LayeredPipeline(DiffusionPipeline):
 
     # ----------------------------------------------------------------- inputs
     def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                     edit, free_steps_ratio, preserve, callback_on_step_end_tensor_inputs):
+                     edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         if not isinstance(negative_prompt, str):
@@ -99,7 +120,11 @@ class LayeredPipeline(DiffusionPipeline):
         unknown = set(callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSOR_INPUTS)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may hold {CALLBACK_TENSOR_INPUTS}, got {sorted(unknown)}")
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         if edit is not None:
+            if edit.background not in BACKGROUND_SOURCES:
+                raise ValueError(f"background must be one of {BACKGROUND_SOURCES}, got {edit.background!r}")
             expected = (height, width)
             if edit.region.shape != expected or edit.soft_mask.shape != expected or edit.previous_image.shape[:2] != expected:
                 raise ValueError(f"edit masks and previous image must be {width}x{height}")
@@ -157,6 +182,7 @@ class LayeredPipeline(DiffusionPipeline):
 
     # ----------------------------------------------------------------- the call
     @torch.no_grad()
+    @serialized
     def __call__(
         self,
         prompt: str,
@@ -171,6 +197,7 @@ class LayeredPipeline(DiffusionPipeline):
         edit: EditRegion | None = None,
         free_steps_ratio: float = 0.1,
         preserve: str = "pixels",
+        attention: str = "mqd",
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> LayeredPipelineOutput:
@@ -185,14 +212,15 @@ class LayeredPipeline(DiffusionPipeline):
         height = height or (edit.previous_image.shape[0] if edit is not None else default_h)
         width = width or (edit.previous_image.shape[1] if edit is not None else default_w)
         self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                          edit, free_steps_ratio, preserve, callback_on_step_end_tensor_inputs)
+                          edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs)
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
 
         # 2. Encode the prompts (the unconditional half is the negative prompt, "" by default)
         prompt_embeds = self.encode_prompt(prompt)
         negative_embeds = self.encode_prompt(negative_prompt) if do_cfg else None
-        text = torch.cat([negative_embeds, prompt_embeds]) if do_cfg else prompt_embeds
+        regions = self.attention_regions(attention, edit, prompt_embeds)
+        text = self.text_conditioning(prompt_embeds, negative_embeds, regions)
 
         # 3. Timesteps, from a fresh scheduler so concurrent calls never share its state
         sampler = make_scheduler(scheduler, self.scheduler.config)
@@ -209,7 +237,10 @@ class LayeredPipeline(DiffusionPipeline):
         remembered, bcg_source, blend_steps, mask = None, "none", 0, None
         if edit is not None:
             mask = latent_mask(edit.region, tuple(latents.shape[-2:]), device=device, dtype=latents.dtype)
-            if tuple(edit.previous_schedule) == fingerprint:
+            if edit.background == "renoise":
+                encoded = self.encode_image(edit.previous_image).to(latents.dtype)
+                remembered, bcg_source = bcg.renoised_trajectory(sampler, encoded, noise, timesteps), "renoise-image"
+            elif tuple(edit.previous_schedule) == fingerprint:
                 remembered, bcg_source = edit.previous_trajectory, "memory"
             else:
                 final = edit.previous_trajectory[-1].to(device=device, dtype=latents.dtype)
@@ -217,10 +248,14 @@ class LayeredPipeline(DiffusionPipeline):
             blend_steps = bcg.blended_step_count(len(timesteps), free_steps_ratio)
         extra_channels = self.inpainting_inputs(edit, height, width) if self.is_inpainting_unet else None
 
-        # 6. Denoising loop
+        # 6. Denoising loop, with the MQD processors installed for this call only
         trajectory: list[torch.Tensor] = []
         unet_evals = 0
-        with self.progress_bar(total=len(timesteps)) as progress:
+        routing = contextlib.nullcontext()
+        if regions:
+            maps = RegionMaps.from_masks([mask for _, mask in regions], prompt_embeds.shape[1], tuple(latents.shape[-2:]))
+            routing = regional_attention(self.unet, maps)
+        with routing, self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = sampler.scale_model_input(model_input, t)
@@ -251,8 +286,34 @@ class LayeredPipeline(DiffusionPipeline):
             schedule=fingerprint,
             prompt_embeds=prompt_embeds.detach().to("cpu", torch.float16),
             negative_prompt_embeds=None if negative_embeds is None else negative_embeds.detach().to("cpu", torch.float16),
-            info={"bcg": bcg_source, "blended_steps": blend_steps, "unet_evals": unet_evals},
+            info={"bcg": bcg_source, "blended_steps": blend_steps, "unet_evals": unet_evals,
+                  "attention_regions": len(regions)},
         )
+
+    @staticmethod
+    def attention_regions(attention: str, edit: EditRegion | None, prompt_embeds: torch.Tensor):
+        """(embeds, mask) per region for MQD, back to front, the current edit last; [] = plain attention."""
+        if edit is None or attention == "bcg" or not edit.earlier_regions:
+            return []
+        earlier = list(edit.earlier_regions) if attention == "mqd" else [edit.earlier_regions[0]]
+        return earlier + [(prompt_embeds, edit.region)]
+
+    def text_conditioning(self, prompt_embeds, negative_embeds, regions) -> torch.Tensor:
+        """The UNet's encoder states: CFG stacks [uncond, cond]; MQD concatenates one prompt per region.
+
+        The unconditional half repeats the null prompt once per region, so every query attends to
+        exactly the plain unconditional prompt, whatever its region.
+        """
+        cond = prompt_embeds
+        if regions:
+            lengths = {embeds.shape[1] for embeds, _ in regions}
+            if len(lengths) != 1:
+                raise ValueError(f"region prompts have different token lengths {sorted(lengths)}")
+            cond = torch.cat([embeds.to(prompt_embeds) for embeds, _ in regions], dim=1)
+        if negative_embeds is None:
+            return cond
+        uncond = negative_embeds.repeat(1, max(len(regions), 1), 1)
+        return torch.cat([uncond, cond])
 
     @torch.no_grad()
     def trajectory_from_image(self, image: np.ndarray, *, num_inference_steps: int = 20, scheduler: str = "ddim",

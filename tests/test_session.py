@@ -277,3 +277,15 @@ def test_a_tampered_project_is_refused_and_the_session_keeps_its_state(session, 
     with pytest.raises(ProjectError):
         Session.load(tmp_path / "junk.lep", pipeline=shared_pipeline)
     assert_same_state(before, state_of(session))
+
+
+def test_renoise_baseline_ignores_the_memory(session):
+    """The blended-latent baseline re-encodes the previous image; tampering with memory cannot reach it."""
+    box = (4, 4, 20, 20)
+    memory_edit = np.asarray(session.edit("a red star", box)).copy()
+    session.undo()
+    baseline = np.asarray(session.edit("a red star", box, background="renoise")).copy()
+    assert session.layers[-1].info["bcg"] == "renoise-image"
+    assert not np.array_equal(memory_edit, baseline)
+    outside = ~masks.box_mask(box, session.size)
+    assert np.array_equal(baseline[outside], np.asarray(session.layers[0].image)[outside])

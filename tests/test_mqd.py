@@ -1,0 +1,250 @@
+"""Multi-Query Disentanglement and re-editing any layer (replace / remove / hide with replay)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pipelines.attention as attention_module
+from editor import EditSettings, Session
+from pipelines import masks
+from pipelines.attention import RegionLoopAttnProcessor, RegionMaps, RegionalAttnProcessor, owner_map
+from tiny_models import IMAGE_SIZE, tiny_pipeline
+
+STEPS = 5
+SIZE = (IMAGE_SIZE, IMAGE_SIZE)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return tiny_pipeline(4)
+
+
+@pytest.fixture
+def session(pipeline):
+    session = Session(pipeline, model="tiny", defaults=EditSettings(num_inference_steps=STEPS))
+    session.generate("a grass background", seed=3)
+    return session
+
+
+def three_regions():
+    """Background everywhere, layer 1 on the left half, layer 2 overlapping it in the middle."""
+    background = np.ones((16, 16), dtype=bool)
+    left = np.zeros((16, 16), dtype=bool)
+    left[:, :8] = True
+    middle = np.zeros((16, 16), dtype=bool)
+    middle[4:12, 4:12] = True
+    return [background, left, middle]
+
+
+def cross_attention_layers(unet):
+    return [module for name, module in unet.named_modules() if name.endswith("attn2")]
+
+
+# ---------------------------------------------------------------- the processor itself
+def test_later_layers_occlude_earlier_ones_in_the_owner_map():
+    owners = owner_map(three_regions())
+    assert owners[0, 0] == 1 and owners[6, 6] == 2 and owners[0, 15] == 0 and owners[6, 10] == 2
+
+
+def test_queries_put_zero_weight_on_other_regions_tokens(pipeline, monkeypatch):
+    """Capture q, k, v and the mask inside the processor and compute the attention weights it applies."""
+    maps = RegionMaps.from_masks(three_regions(), tokens_per_region=5, latent_size=(16, 16))
+    captured = {}
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, **kwargs):
+        captured.update(query=query, key=key, mask=attn_mask)
+        return real_sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", spy)
+    attn = cross_attention_layers(pipeline.unet)[0]
+    hidden = torch.randn(2, 64, attn.to_q.in_features)  # the 8x8 level of a 16x16 latent
+    context = torch.randn(2, 15, attn.to_k.in_features)
+    RegionalAttnProcessor(maps)(attn, hidden, encoder_hidden_states=context)
+
+    scores = captured["query"] @ captured["key"].transpose(-1, -2) / captured["query"].shape[-1] ** 0.5
+    weights = scores.masked_fill(~captured["mask"], float("-inf")).softmax(-1)
+    owners = maps.query_owners(64)
+    key_owner = torch.arange(3).repeat_interleave(5)
+    for region in range(3):
+        rows = weights[:, :, owners == region]
+        assert rows.numel() > 0, f"region {region} has no queries at this resolution"
+        assert torch.all(rows[..., key_owner != region] == 0)
+        assert torch.allclose(rows[..., key_owner == region].sum(-1), torch.ones(()))
+
+
+@pytest.mark.parametrize("query_length", [256, 64, 16])
+def test_the_fused_call_equals_the_per_region_loop(pipeline, query_length):
+    torch.manual_seed(0)
+    maps = RegionMaps.from_masks(three_regions(), tokens_per_region=5, latent_size=(16, 16))
+    attn = cross_attention_layers(pipeline.unet)[0]
+    hidden = torch.randn(2, query_length, attn.to_q.in_features)
+    context = torch.randn(2, 15, attn.to_k.in_features)
+    fused = RegionalAttnProcessor(maps)(attn, hidden, encoder_hidden_states=context)
+    loop = RegionLoopAttnProcessor(maps)(attn, hidden, encoder_hidden_states=context)
+    assert (fused - loop).abs().max().item() < 1e-5
+
+
+def test_only_cross_attention_is_routed_and_processors_come_back(session):
+    originals = dict(session.pipeline.unet.attn_processors)
+    seen = {}
+
+    def look(pipe, step, timestep, tensors):
+        seen.update(pipe.unet.attn_processors)
+        return tensors
+
+    session.edit("a red star", (2, 2, 16, 16), callback_on_step_end=look)
+    routed = {name for name, processor in seen.items() if isinstance(processor, RegionalAttnProcessor)}
+    assert routed == {name for name in originals if name.endswith("attn2.processor")} and routed
+    assert all(seen[name] is originals[name] for name in originals if name not in routed)
+    assert dict(session.pipeline.unet.attn_processors) == originals
+
+
+def test_processors_and_layers_are_restored_when_an_edit_raises(session):
+    session.edit("a red star", (2, 2, 16, 16))
+    originals = dict(session.pipeline.unet.attn_processors)
+    layers = session.layers
+
+    def fail(pipe, step, timestep, tensors):
+        raise RuntimeError("simulated failure mid-edit")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        session.edit("a blue circle", (10, 10, 30, 30), callback_on_step_end=fail)
+    assert dict(session.pipeline.unet.attn_processors) == originals
+    assert session.layers == layers
+
+
+# ---------------------------------------------------------------- modes through the Session
+def test_qd_and_mqd_agree_when_there_are_no_earlier_objects(session):
+    qd = np.asarray(session.edit("a red star", (4, 4, 20, 20), attention="qd")).copy()
+    session.undo()
+    mqd = np.asarray(session.edit("a red star", (4, 4, 20, 20), attention="mqd")).copy()
+    session.undo()
+    plain = np.asarray(session.edit("a red star", (4, 4, 20, 20), attention="bcg")).copy()
+    assert np.array_equal(qd, mqd)
+    assert not np.array_equal(mqd, plain)
+    assert session.layers[-1].info["attention_regions"] == 0
+
+
+def test_mqd_routes_earlier_layers_and_qd_does_not(session):
+    session.edit("a blue circle", (0, 0, 16, 32))
+    qd = np.asarray(session.edit("a red star", (8, 8, 24, 24), attention="qd")).copy()
+    assert session.layers[-1].info["attention_regions"] == 2
+    session.undo()
+    mqd = np.asarray(session.edit("a red star", (8, 8, 24, 24), attention="mqd")).copy()
+    assert session.layers[-1].info["attention_regions"] == 3
+    assert not np.array_equal(qd, mqd)
+
+
+def test_with_overlapping_layers_the_later_one_wins(session):
+    session.edit("a blue circle", (0, 0, 20, 20))
+    session.edit("a red star", (10, 10, 30, 30))
+    overlap = masks.box_mask((10, 10, 20, 20), SIZE)
+    top = np.asarray(session.image)
+    assert np.array_equal(top[overlap], np.asarray(session.layers[2].image)[overlap])
+    earlier_only = masks.box_mask((0, 0, 20, 20), SIZE) & ~masks.box_mask((10, 10, 30, 30), SIZE)
+    assert np.array_equal(top[earlier_only], np.asarray(session.layers[1].image)[earlier_only])
+
+
+# ---------------------------------------------------------------- re-edit, remove, hide
+BOXES = [(0, 0, 14, 14), (16, 2, 30, 16), (4, 16, 18, 30), (18, 18, 31, 31)]
+
+
+@pytest.fixture
+def four_layers(session):
+    for prompt, box in zip(["a red star", "a blue circle", "a white moon", "a yellow heart"], BOXES):
+        session.edit(prompt, box)
+    return session
+
+
+def union_of(boxes):
+    union = np.zeros(SIZE[::-1], dtype=bool)
+    for box in boxes:
+        union |= masks.box_mask(box, SIZE)
+    return union
+
+
+def test_reedit_of_layer_1_replays_the_layers_above_and_undo_restores_exactly(four_layers):
+    session = four_layers
+    before_layers, before_image = session.layers, np.asarray(session.image).copy()
+    background = np.asarray(session.layers[0].image).copy()
+
+    session.replace(1, prompt="a green tree", seed=42)
+    assert len(session.layers) == 5
+    assert session.layers[1].prompt == "a green tree" and session.layers[1].seed == 42
+    assert [layer.prompt for layer in session.layers[2:]] == [layer.prompt for layer in before_layers[2:]]
+    assert all(new is not old for new, old in zip(session.layers[1:], before_layers[1:])), "layers 2-4 replayed"
+    assert not np.array_equal(np.asarray(session.image), before_image)
+    outside = ~union_of(BOXES)
+    assert np.array_equal(np.asarray(session.image)[outside], background[outside])
+
+    session.undo()
+    assert session.layers == before_layers
+    assert np.array_equal(np.asarray(session.image), before_image)
+
+
+def test_replace_with_a_new_mask_moves_the_layer(four_layers):
+    session = four_layers
+    session.replace(2, mask=(20, 20, 30, 30))
+    assert masks.to_binary(np.asarray(session.layers[2].user_mask), SIZE).sum() == 100
+
+
+def test_replace_background_repaints_under_the_same_edits(four_layers):
+    session = four_layers
+    old = np.asarray(session.image).copy()
+    session.replace(0, prompt="a sea background", seed=9)
+    assert session.seed == 9 and session.layers[0].prompt == "a sea background"
+    assert all(layer.seed == 9 for layer in session.layers[1:]), "edits that shared the noise follow the new seed"
+    assert not np.array_equal(np.asarray(session.image), old)
+
+
+def test_remove_replays_without_the_layer_and_undo_restores(four_layers):
+    session = four_layers
+    before_layers, before_image = session.layers, np.asarray(session.image).copy()
+    background = np.asarray(session.layers[0].image)
+    session.remove(2)
+    assert [layer.prompt for layer in session.layers] == [before_layers[i].prompt for i in (0, 1, 3, 4)]
+    outside = ~union_of([BOXES[0], BOXES[2], BOXES[3]])
+    assert np.array_equal(np.asarray(session.image)[outside], background[outside])
+    only_removed = masks.box_mask(BOXES[1], SIZE) & ~union_of([BOXES[0], BOXES[2], BOXES[3]])
+    assert np.array_equal(np.asarray(session.image)[only_removed], background[only_removed])
+    session.undo()
+    assert session.layers == before_layers and np.array_equal(np.asarray(session.image), before_image)
+
+
+def test_hide_and_show_a_layer(four_layers):
+    session = four_layers
+    before_layers, before_image = session.layers, np.asarray(session.image).copy()
+    session.set_visible(2, False)
+    assert len(session.layers) == 5 and not session.layers[2].visible
+    only_hidden = masks.box_mask(BOXES[1], SIZE) & ~union_of([BOXES[0], BOXES[2], BOXES[3]])
+    assert np.array_equal(np.asarray(session.image)[only_hidden], np.asarray(session.layers[0].image)[only_hidden])
+    session.set_visible(2, True)
+    assert np.array_equal(np.asarray(session.image), before_image), "showing again repaints the same layers"
+    session.undo()
+    session.undo()
+    assert session.layers == before_layers
+
+
+def test_an_edit_on_a_hidden_top_layer_builds_on_the_visible_image(four_layers):
+    session = four_layers
+    session.set_visible(4, False)
+    shown = np.asarray(session.image).copy()
+    assert np.array_equal(shown, np.asarray(session.layers[3].image))
+    session.edit("a red star", (0, 20, 10, 30))
+    outside = ~masks.box_mask((0, 20, 10, 30), SIZE)
+    assert np.array_equal(np.asarray(session.image)[outside], shown[outside])
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: s.remove(0), lambda s: s.set_visible(0, False), lambda s: s.remove(9),
+    lambda s: s.replace(-1, prompt="x"), lambda s: s.replace(1, mask=np.zeros((3, 3))),
+])
+def test_bad_layer_operations_are_clear_errors_and_change_nothing(four_layers, call):
+    before = four_layers.layers
+    with pytest.raises((ValueError, IndexError, TypeError)):
+        call(four_layers)
+    assert four_layers.layers == before
