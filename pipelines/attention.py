@@ -77,23 +77,21 @@ def _attention_grids(latent_size: tuple[int, int]) -> dict[int, tuple[int, int]]
         height, width = math.ceil(height / 2), math.ceil(width / 2)
 
 
-def _project(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor):
-    """Query, key, value in [batch, heads, tokens, head_dim], as diffusers' AttnProcessor2_0 computes them."""
-    batch = hidden_states.shape[0]
-    if attn.group_norm is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-    if attn.norm_cross:
-        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-    query, key, value = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
-    head_dim = key.shape[-1] // attn.heads
-    return [x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value)]
+def _heads(attn, x: torch.Tensor) -> torch.Tensor:
+    """[batch, tokens, heads * head_dim] -> [batch, heads, tokens, head_dim]."""
+    return x.view(x.shape[0], -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
 
 
 class _CrossAttentionBase:
-    """Shared plumbing of the regional processors: reshape in, project, attend, project out."""
+    """Shared plumbing of the regional processors: reshape in, project, attend, project out.
+
+    The prompt tokens are the same at every denoising step of an edit, so their keys and values
+    are computed once per layer per edit (a processor lives for one edit) instead of once per step.
+    """
 
     def __init__(self, maps: RegionMaps):
         self.maps = maps
+        self._keys_values: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if encoder_hidden_states is None:
@@ -105,7 +103,10 @@ class _CrossAttentionBase:
         if spatial:
             batch, channels, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        query, key, value = _project(attn, hidden_states, encoder_hidden_states)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = _heads(attn, attn.to_q(hidden_states))
+        key, value = self.keys_values(attn, encoder_hidden_states)
         out = self.attend(query, key, value)
         out = out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3]).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
@@ -114,6 +115,15 @@ class _CrossAttentionBase:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+    def keys_values(self, attn, encoder_hidden_states: torch.Tensor):
+        cached = self._keys_values.get(id(attn))
+        if cached is not None and cached[0] is encoder_hidden_states:
+            return cached[1], cached[2]
+        context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+        key, value = _heads(attn, attn.to_k(context)), _heads(attn, attn.to_v(context))
+        self._keys_values[id(attn)] = (encoder_hidden_states, key, value)
+        return key, value
 
     def attend(self, query, key, value) -> torch.Tensor:
         raise NotImplementedError
@@ -144,19 +154,16 @@ class RegionLoopAttnProcessor(_CrossAttentionBase):
         return out
 
 
-PROCESSORS = {"fused": RegionalAttnProcessor, "loop": RegionLoopAttnProcessor}
-
-
 def is_cross_attention(name: str) -> bool:
     """diffusers names cross-attention `attn2` in every transformer block of SD UNets."""
     return name.endswith("attn2.processor")
 
 
 @contextmanager
-def regional_attention(unet, maps: RegionMaps, implementation: str = "fused"):
+def regional_attention(unet, maps: RegionMaps, processor_class=RegionalAttnProcessor):
     """Install a regional processor on every cross-attention layer; restore the originals afterwards (also on error)."""
     originals = dict(unet.attn_processors)
-    processor = PROCESSORS[implementation](maps)
+    processor = processor_class(maps)
     unet.set_attn_processor({name: processor if is_cross_attention(name) else original
                              for name, original in originals.items()})
     try:

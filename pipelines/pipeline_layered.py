@@ -21,7 +21,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import bcg
-from .attention import ATTENTION_MODES, RegionMaps, regional_attention
+from .attention import ATTENTION_MODES, RegionalAttnProcessor, RegionMaps, regional_attention
 from .masks import latent_mask
 from .schedulers import make_scheduler, schedule_fingerprint
 
@@ -73,6 +73,8 @@ class LayeredPipeline(DiffusionPipeline):
     """Generate a background, then edit inside masks with Background Consistency Guidance."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    # The MQD processor class; benchmark/mqd_speed.py swaps in the per-region-loop reference to time it.
+    region_processor = RegionalAttnProcessor
     _callback_tensor_inputs = list(CALLBACK_TENSOR_INPUTS)
 
     def __init__(self, vae: AutoencoderKL, text_encoder, tokenizer, unet: UNet2DConditionModel, scheduler):
@@ -254,7 +256,7 @@ class LayeredPipeline(DiffusionPipeline):
         routing = contextlib.nullcontext()
         if regions:
             maps = RegionMaps.from_masks([mask for _, mask in regions], prompt_embeds.shape[1], tuple(latents.shape[-2:]))
-            routing = regional_attention(self.unet, maps)
+            routing = regional_attention(self.unet, maps, self.region_processor)
         with routing, self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
