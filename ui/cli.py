@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmark.cli import add_bench_command
+
 DEMO_PLAN = {
     "background": "a grass background",
     "edits": [
@@ -65,14 +67,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plan", help="a JSON plan {background, edits: [{prompt, box: [x0,y0,x1,y1] in 0-1]}}")
     demo.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     demo.set_defaults(handler=run_demo)
+
+    web = commands.add_parser("ui", help="open the web app (Gradio) on this machine")
+    web.add_argument("--model", default="embedded", help="'embedded' (default), a diffusers folder or a hub id")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    web.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    web.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    web.set_defaults(handler=run_ui)
+
+    add_bench_command(commands)
     return parser
+
+
+def run_ui(args) -> int:
+    """Serve the web app until interrupted; the model is loaded once and shared by all browser tabs."""
+    from ui.app import serve
+
+    return serve(args.model, host=args.host, port=args.port, device=args.device)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError) as error:  # OSError: a missing model folder, a port in use
         print(f"layered-edit {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,367 @@
+"""The web UI, driven through its HTTP API with gradio_client, on tiny random SD components.
+
+The app is launched in-process on a free port; every Client is a separate browser session.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+from tiny_models import IMAGE_SIZE, save_tiny_pipeline
+
+from editor import EditSettings, Session
+from ui import app
+from ui.cli import build_parser
+
+STEPS = 2
+SCALE = app.display_scale((IMAGE_SIZE, IMAGE_SIZE))  # the canvas shows the 32x32 images at 16x
+STAR = (2, 3, 12, 14)  # (x0, y0, x1, y1) in image pixels, x horizontal
+CIRCLE = (18, 16, 29, 27)
+
+
+def settings(**changes) -> dict:
+    """Values for the settings controls: the defaults, with few steps so the tests are fast."""
+    values = {name: getattr(EditSettings(), name, "cfg") for name in app.SETTING_CONTROLS}
+    values.update({"num_inference_steps": STEPS, **changes})
+    return values
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    model = save_tiny_pipeline(tmp_path_factory.mktemp("tiny-ui-model"))
+    session = Session.from_pretrained(model, device="cpu")
+    demo = app.build_app(session.pipeline, model=session.model)
+    _, url, _ = app.launch_app(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield demo, url
+    demo.close()
+
+
+@pytest.fixture
+def client(server):
+    return Client(server[1], verbose=False)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def image_of(result) -> np.ndarray:
+    """The current image a view shows (the 'actual pixels' image output)."""
+    return np.asarray(Image.open(result[0]).convert("RGB"))
+
+
+def value(output):
+    """A component's new value in a result (gradio_client passes gr.update(...) through as a dict)."""
+    return output["value"] if isinstance(output, dict) and output.get("__type__") == "update" else output
+
+
+def captions(result) -> list[str]:
+    return [item["caption"] for item in result[1]]
+
+
+def box_mask(box) -> np.ndarray:
+    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+    mask[box[1]:box[3], box[0]:box[2]] = True
+    return mask
+
+
+def painted_canvas(tmp_path: Path, result, *boxes) -> dict:
+    """An ImageEditor value as a browser sends it: the upscaled image plus an RGBA stroke layer (canvas px)."""
+    background = tmp_path / f"background-{len(list(tmp_path.iterdir()))}.png"
+    Image.fromarray(app.canvas_value(image_of(result))["background"]).save(background)
+    layer = np.zeros((IMAGE_SIZE * SCALE, IMAGE_SIZE * SCALE, 4), dtype=np.uint8)
+    for x0, y0, x1, y1 in boxes:
+        layer[y0 * SCALE:y1 * SCALE, x0 * SCALE:x1 * SCALE] = (255, 45, 117, 153)
+    path = tmp_path / f"stroke-{len(list(tmp_path.iterdir()))}.png"
+    Image.fromarray(layer, "RGBA").save(path)
+    return {"background": handle_file(str(background)), "layers": [handle_file(str(path))],
+            "composite": handle_file(str(background)), "id": None}
+
+
+def empty_canvas(tmp_path: Path, result) -> dict:
+    canvas = painted_canvas(tmp_path, result)
+    return {**canvas, "layers": []}
+
+
+def generate(client, prompt="a grass background", seed=3, **changes):
+    return client.predict(prompt=prompt, seed_mode="fixed", seed=seed, **settings(**changes), api_name="/generate")
+
+
+def edit(client, canvas, prompt, seed_mode="session", mask_mode="brush", box=(0, 0, 1, 1), **changes):
+    x0, y0, x1, y1 = box
+    return client.predict(canvas=canvas, prompt=prompt, seed_mode=seed_mode, seed=0, mask_mode=mask_mode,
+                          x0=x0, y0=y0, x1=x1, y1=y1, **settings(**changes), api_name="/edit")
+
+
+def assert_changed_only_inside(before, after, mask):
+    changed = (before != after).any(axis=2)
+    assert changed.any(), "the edit changed nothing"
+    assert not (changed & ~mask).any(), "pixels outside the mask changed"
+
+
+# ------------------------------------------------------------------------------------------ the workflow
+def test_generate_edit_undo_redo_reedit_save_and_load_is_bit_identical(client, server, tmp_path):
+    background = generate(client)
+    image0 = image_of(background)
+    assert captions(background) == ["0: a grass background"] and value(background[2]) == 0
+
+    star = edit(client, painted_canvas(tmp_path, background, STAR), "a red star")
+    image1 = image_of(star)
+    assert_changed_only_inside(image0, image1, box_mask(STAR))
+    circle = edit(client, painted_canvas(tmp_path, star, CIRCLE), "a blue circle")
+    image2 = image_of(circle)
+    assert_changed_only_inside(image1, image2, box_mask(CIRCLE))
+    assert captions(circle) == ["0: a grass background", "1: a red star", "2: a blue circle"]
+
+    undone = client.predict(api_name="/undo")
+    assert np.array_equal(image_of(undone), image1) and len(captions(undone)) == 2
+    redone = client.predict(api_name="/redo")
+    assert np.array_equal(image_of(redone), image2) and len(captions(redone)) == 3
+
+    # Re-edit layer 1 with a new prompt; an empty canvas keeps its mask. Layer 2 is replayed on top.
+    reedited = client.predict(index=1, canvas=empty_canvas(tmp_path, redone), prompt="a yellow heart",
+                              seed_mode="session", seed=0,
+                              mask_mode="brush", x0=0, y0=0, x1=1, y1=1, **settings(), api_name="/replace")
+    image3 = image_of(reedited)
+    assert captions(reedited)[1] == "1: a yellow heart" and value(reedited[2]) == 1
+    assert_changed_only_inside(image2, image3, box_mask(STAR) | box_mask(CIRCLE))
+    assert not np.array_equal(image3[box_mask(STAR)], image2[box_mask(STAR)])
+
+    project = client.predict(api_name="/save")
+    assert project.endswith(".lep")
+    reopened = Client(server[1], verbose=False).predict(handle_file(project), api_name="/load")
+    assert np.array_equal(image_of(reopened), image3)
+    assert captions(reopened) == captions(reedited)
+
+    exported = client.predict(api_name="/export")
+    with zipfile.ZipFile(exported) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        assert [layer["prompt"] for layer in manifest["layers"]] == ["a grass background", "a yellow heart",
+                                                                   "a blue circle"]
+        exported_image = np.asarray(Image.open(archive.open("image.png")).convert("RGB"))
+        assert np.array_equal(exported_image, image3)
+        for layer in manifest["layers"]:
+            assert {layer["image"], layer["layer"], layer["mask"]} <= set(archive.namelist())
+
+
+def test_hide_show_and_remove_a_layer(client, tmp_path):
+    image0 = image_of(background := generate(client, seed=5))
+    star = edit(client, painted_canvas(tmp_path, background, STAR), "a red star")
+    circle = edit(client, painted_canvas(tmp_path, star, CIRCLE), "a blue circle")
+    hidden = client.predict(index=1, visible=False, api_name="/set_visible")
+    assert captions(hidden)[1] == "1: a red star (hidden)" and value(hidden[3]) is False
+    assert np.array_equal(image_of(hidden)[box_mask(STAR)], image0[box_mask(STAR)])
+    shown = client.predict(index=1, visible=True, api_name="/set_visible")
+    assert np.array_equal(image_of(shown), image_of(circle))
+    removed = client.predict(index=1, api_name="/remove")
+    assert captions(removed) == ["0: a grass background", "1: a blue circle"]
+    assert np.array_equal(image_of(removed)[box_mask(STAR)], image0[box_mask(STAR)])
+
+
+def test_box_and_stroke_box_masks(client, tmp_path):
+    image0 = image_of(background := generate(client, seed=8))
+    boxed = edit(client, painted_canvas(tmp_path, background), "a red star", mask_mode="box", box=(20, 2, 30, 9))
+    assert_changed_only_inside(image0, image_of(boxed), box_mask((20, 2, 30, 9)))
+    # Two small strokes; their bounding box is the mask.
+    canvas = painted_canvas(tmp_path, boxed, (3, 16, 5, 18), (9, 24, 11, 27))
+    stroke_box = edit(client, canvas, "a blue circle", mask_mode="stroke box")
+    assert_changed_only_inside(image_of(boxed), image_of(stroke_box), box_mask((3, 16, 11, 27)))
+
+
+def test_start_from_a_photo(client, tmp_path):
+    photo = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    photo[:, :, 1] = np.linspace(0, 255, IMAGE_SIZE, dtype=np.uint8)[None, :]
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    started = client.predict(photo=handle_file(str(tmp_path / "photo.png")), prompt="a grass background",
+                             seed_mode="fixed", seed=1, **settings(), api_name="/start_from_image")
+    assert np.array_equal(image_of(started), photo)
+    assert captions(started) == ["0: a grass background"]
+
+
+def test_every_control_reaches_the_session(client, tmp_path):
+    """Change one control at a time, edit, and read the new layer's recorded settings back."""
+    changes = {"negative_prompt": "a dog", "num_inference_steps": 3, "guidance_scale": 3.0, "scheduler": "euler",
+               "free_steps_ratio": 0.5, "attention": "qd", "background": "renoise", "preserve": "latents",
+               "mask_dilation": 1, "mask_feather": 0}
+    if app.has_guidance_setting():
+        changes["guidance"] = "cfg"  # the only mode without a guidance adapter; see test_guidance_mode_control
+    assert set(changes) == set(app.SETTING_CONTROLS) & set(EditSettings.names())
+    result = generate(client, seed=9)
+    baseline = client.predict(index=0, api_name="/select_layer")
+    names = list(app.SETTING_CONTROLS)
+    for layer, (name, changed) in enumerate(changes.items(), start=1):
+        result = edit(client, painted_canvas(tmp_path, result, STAR), "a red star", **{name: changed})
+        echoed = dict(zip(names, map(value, client.predict(index=layer, api_name="/select_layer")[4:-1]),
+                          strict=True))
+        assert echoed[name] == changed, name
+        if name != "guidance":
+            assert baseline[4 + names.index(name)] != changed, f"{name}: pick a value that differs from the default"
+    seeded = edit(client, painted_canvas(tmp_path, result, STAR), "a red star", seed_mode="fixed")
+    selected = client.predict(index=len(changes) + 1, api_name="/select_layer")
+    assert selected[2:4] == ("fixed", 0) and seeded[-1] == 0  # seed_mode + seed reach the Session too
+
+
+def test_generating_events_take_every_settings_control(server):
+    """generate, edit, replace and start_from_image all read the same settings controls."""
+    config = server[0].config
+    inputs = {dep["api_name"]: dep["inputs"] for dep in config["dependencies"] if dep.get("api_name")}
+    tail = inputs["edit"][-len(app.SETTING_CONTROLS):]
+    for name in ("generate", "replace", "start_from_image"):
+        assert inputs[name][-len(app.SETTING_CONTROLS):] == tail
+
+
+def test_two_browser_sessions_do_not_interfere(server, tmp_path):
+    """Two clients edit at the same time; each sees exactly what a lone Session would have made."""
+    demo, url = server
+    plans = {"a": (1, "a red star", STAR), "b": (2, "a blue circle", CIRCLE)}
+    clients = {key: Client(url, verbose=False) for key in plans}
+    backgrounds = {key: generate(clients[key], seed=plans[key][0]) for key in plans}
+    jobs = {key: clients[key].submit(canvas=painted_canvas(tmp_path, backgrounds[key], plans[key][2]),
+                                     prompt=plans[key][1], seed_mode="session", seed=0, mask_mode="brush",
+                                     x0=0, y0=0, x1=1, y1=1, **settings(), api_name="/edit") for key in plans}
+    results = {key: job.result(timeout=60) for key, job in jobs.items()}
+    for key, (seed, prompt, box) in plans.items():
+        alone = Session(demo.handlers.pipeline)
+        alone.generate("a grass background", seed=seed, **settings())
+        alone.edit(prompt, box_mask(box), **settings())
+        assert np.array_equal(image_of(results[key]), np.asarray(alone.image))
+        assert captions(results[key]) == ["0: a grass background", f"1: {prompt}"]
+    assert not np.array_equal(image_of(results["a"]), image_of(results["b"]))
+
+
+def test_errors_are_friendly_messages(client, tmp_path):
+    with pytest.raises(AppError, match="no image yet"):
+        client.predict(api_name="/undo")
+    background = generate(client)
+    with pytest.raises(AppError, match="paint the area to edit") as raised:
+        edit(client, empty_canvas(tmp_path, background), "a red star")
+    assert "Traceback" not in str(raised.value)
+    with pytest.raises(AppError, match="too long|longer|tokens"):
+        generate(client, prompt=" ".join(["a red star"] * 20))
+    (tmp_path / "notes.txt").write_text("not a project")
+    with pytest.raises(AppError, match=r"\.lep"):
+        client.predict(handle_file(str(tmp_path / "notes.txt")), api_name="/load")
+    (tmp_path / "broken.lep").write_bytes(b"not a zip")
+    with pytest.raises(AppError) as raised:
+        client.predict(handle_file(str(tmp_path / "broken.lep")), api_name="/load")
+    assert "Traceback" not in str(raised.value) and str(raised.value).strip()
+    with pytest.raises(AppError, match="cannot be removed"):
+        client.predict(index=0, api_name="/remove")
+
+
+# ------------------------------------------------------------------------------------------ pure helpers
+def test_strokes_map_back_to_image_pixels():
+    layer = np.zeros((IMAGE_SIZE * SCALE, IMAGE_SIZE * SCALE, 4), dtype=np.uint8)
+    layer[3 * SCALE:5 * SCALE, 6 * SCALE:10 * SCALE, 3] = 255  # image pixels x 6..9, y 3..4
+    layer[20 * SCALE, 20 * SCALE, 3] = 255  # one canvas pixel, not at an image pixel's centre
+    value = {"background": None, "layers": [layer], "composite": None}
+    mask = app.mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE))
+    assert np.array_equal(mask, box_mask((6, 3, 10, 5)))
+    assert app.mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "stroke box") == (6, 3, 21, 21)
+    assert app.mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "box", (1, 2, 3, 4)) == (1, 2, 3, 4)
+    assert app.mask_from_canvas({"layers": []}, (IMAGE_SIZE, IMAGE_SIZE)) is None
+    thin = np.zeros_like(layer)
+    thin[0, :, 3] = 255
+    with pytest.raises(ValueError, match="too thin"):
+        app.mask_from_canvas({"layers": [thin]}, (IMAGE_SIZE, IMAGE_SIZE))
+
+
+def test_settings_from_controls():
+    values = settings(num_inference_steps=4.0, mask_feather=3.0, negative_prompt="blurry")
+    converted = app.settings_from_controls(**values)
+    assert converted["num_inference_steps"] == 4 and isinstance(converted["mask_feather"], int)
+    assert set(converted) == set(app.SETTING_CONTROLS) & set(EditSettings.names())
+    EditSettings().updated(**converted)  # all valid setting names
+    with pytest.raises(ValueError, match="whole number"):
+        app.settings_from_controls(**settings(num_inference_steps=2.5))
+    if app.has_guidance_setting():
+        distilled = app.settings_from_controls(**settings(guidance="distilled", negative_prompt="x"))
+        assert distilled["negative_prompt"] == ""
+
+
+class _Pipeline:
+    default_size = (64, 64)
+
+    def __init__(self, adapter: bool):
+        self.has_guidance_adapter = adapter
+
+
+def _component(demo, label):
+    return next(block for block in demo.blocks.values() if getattr(block, "label", None) == label)
+
+
+@pytest.mark.parametrize("adapter", [False, True])
+def test_guidance_mode_control(adapter, monkeypatch):
+    demo = app.build_app(_Pipeline(adapter))
+    control = _component(demo, "Guidance mode")
+    assert control.visible == app.has_guidance_setting()
+    assert [choice[1] for choice in control.choices] == (["cfg", "distilled"] if adapter else ["cfg"])
+    assert app._guidance_changed("distilled")["interactive"] is False
+    assert app._guidance_changed("cfg")["interactive"] is True
+    monkeypatch.setattr(app, "has_guidance_setting", lambda: False)
+    assert _component(app.build_app(_Pipeline(adapter)), "Guidance mode").visible is False
+
+
+def test_the_canvas_shows_the_image_upscaled_without_strokes():
+    image = np.random.default_rng(0).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    value = app.canvas_value(Image.fromarray(image))
+    assert value["layers"] == [] and value["background"].shape == (IMAGE_SIZE * SCALE, IMAGE_SIZE * SCALE, 3)
+    assert np.array_equal(value["background"][::SCALE, ::SCALE], image)
+    assert np.array_equal(value["background"], image.repeat(SCALE, 0).repeat(SCALE, 1))
+    assert app.Handlers.canvas(None) is None
+
+
+def test_the_canvas_is_an_integer_upscale():
+    assert app.display_scale((64, 64)) == 8 and app.display_scale((512, 512)) == 1
+    assert app.display_scale((32, 32)) == 16 and app.display_scale((768, 512)) == 1
+
+
+def test_cli_ui_command_binds_localhost_and_offers_no_share_link():
+    args = build_parser().parse_args(["ui"])
+    assert (args.host, args.port, args.model) == ("127.0.0.1", 7860, "embedded")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ui", "--share"])
+
+
+def test_handlers_wrap_errors_and_keep_gradio_errors():
+    import gradio as gr
+
+    def fails(kind):
+        raise kind("the message")
+
+    for kind in (ValueError, TypeError, IndexError):
+        with pytest.raises(gr.Error, match="the message"):
+            app.friendly(fails)(kind)
+    with pytest.raises(gr.Error, match="the message"):
+        app.friendly(fails)(gr.Error)
+
+
+def test_library_warnings_become_ui_warnings(monkeypatch):
+    import warnings
+
+    shown = []
+    monkeypatch.setattr(app.gr, "Warning", shown.append)
+
+    def warns():
+        warnings.warn("the mask covers the whole image", stacklevel=1)
+        return "done"
+
+    assert app.friendly(warns)() == "done"
+    assert shown == ["the mask covers the whole image"]
+
+
+def test_uploads_are_limited_and_the_server_binds_localhost(server):
+    demo, url = server
+    assert url.startswith("http://127.0.0.1:")
+    assert demo.max_file_size is not None and demo.max_file_size <= 200 * 1024**2
