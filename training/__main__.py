@@ -1,0 +1,98 @@
+"""python -m training {tokenizer,vae,unet,evaluate,assemble} [options]
+
+Reproducible recipe for the embedded model (assets/embedded/), from scratch on CPU (CUDA used when present):
+    python -m training tokenizer
+    python -m training vae --minutes 40 --threads 1
+    python -m training unet --minutes 150 --threads 1      # repeat to continue training (resumes)
+    python -m training evaluate
+    python -m training distill --minutes 30 --threads 1    # guidance adapter -> assets/embedded/guidance
+Every run resumes from assets/embedded (+ runs/ optimizer state when present) and records steps, minutes,
+hardware and metrics in assets/embedded/training_state.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import configs as C
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p, minutes, bs, lr, ckpt):
+        p.add_argument("--minutes", type=float, default=minutes, help="wall-clock time budget (default %(default)s)")
+        p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
+        p.add_argument("--batch-size", type=int, default=bs, help="default %(default)s")
+        p.add_argument("--lr", type=float, default=lr, help="peak learning rate (default %(default)s)")
+        p.add_argument("--ckpt-minutes", type=float, default=ckpt, help="checkpoint interval (default %(default)s)")
+        p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this run")
+        p.add_argument("--out", default=str(C.EMBEDDED_DIR), help="model folder (default %(default)s)")
+        p.add_argument("--runs", default=str(C.RUNS_DIR), help="optimizer-state folder (default %(default)s)")
+        p.add_argument("--tiny", action="store_true", help="tiny test configs")
+        p.add_argument("--seed", type=int, default=None)
+
+    p = sub.add_parser("tokenizer", help="build the word-level tokenizer into <out>/tokenizer")
+    p.add_argument("--out", default=str(C.EMBEDDED_DIR))
+    p = sub.add_parser("vae", help="train the VAE")
+    common(p, 40, 8, 1e-3, 5)
+    p.add_argument("--decoder-only", action="store_true",
+                   help="fine-tune decoder only (latents unchanged; automatic once a UNet exists)")
+    p = sub.add_parser("unet", help="train UNet + text encoder jointly (VAE frozen)")
+    common(p, 150, 32, 8e-4, 10)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--pool", type=int, default=2048, help="size of the encoded-latent pool")
+    p.add_argument("--refresh", type=int, default=8, help="fresh scenes encoded into the pool per step")
+    p.add_argument("--curriculum-steps", type=int, default=1500,
+                   help="total UNet steps during which scenes have at most 1 object")
+    p = sub.add_parser("evaluate", help="quality gates on held-out data (writes JSON + contact sheet)")
+    p.add_argument("--model", default=str(C.EMBEDDED_DIR))
+    p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="results folder (default <repo>/runs/eval)")
+    p = sub.add_parser("assemble", help="write model_index.json (+ scheduler, tokenizer)")
+    p.add_argument("--out", default=str(C.EMBEDDED_DIR))
+    from .distill import add_distill_command
+
+    add_distill_command(sub)
+    a = ap.parse_args(argv)
+
+    if a.cmd == "tokenizer":
+        from .tokenizer import save_tokenizer
+
+        tok = save_tokenizer(f"{a.out}/tokenizer")
+        print(f"tokenizer: {len(tok)} tokens -> {a.out}/tokenizer")
+    elif a.cmd == "vae":
+        from .train_vae import train_vae
+
+        train_vae(minutes=a.minutes, threads=a.threads, batch_size=a.batch_size, lr=a.lr, ckpt_minutes=a.ckpt_minutes,
+                  out_dir=a.out, run_dir=a.runs, tiny=a.tiny, max_steps=a.max_steps, seed=a.seed,
+                  decoder_only=a.decoder_only)
+        from .assemble import assemble
+
+        assemble(a.out)
+    elif a.cmd == "unet":
+        from .train_unet import train_unet
+
+        train_unet(minutes=a.minutes, threads=a.threads, batch_size=a.batch_size, lr=a.lr, ckpt_minutes=a.ckpt_minutes,
+                   out_dir=a.out, run_dir=a.runs, tiny=a.tiny, max_steps=a.max_steps, seed=a.seed, ema=a.ema,
+                   pool=a.pool, refresh=a.refresh, curriculum_steps=a.curriculum_steps)
+    elif a.cmd == "evaluate":
+        from .evaluate import evaluate
+
+        print(json.dumps(evaluate(model_dir=a.model, n=a.samples, cfg=a.cfg, steps=a.steps, threads=a.threads,
+                                  out_dir=a.out), indent=2))
+    elif a.cmd == "assemble":
+        from .assemble import assemble
+
+        assemble(a.out)
+    elif a.cmd == "distill":
+        a.handler(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Shared helpers for the trainers: data, atomic checkpoints, training_state.json, EMA, lr schedule."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import configs as C
+
+STATE_FILE = "training_state.json"
+
+
+# ---------------------------------------------------------------- data
+def world():
+    from benchmark import shapes_world as sw
+
+    return sw
+
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 HxWx3 list -> float tensor Bx3xHxW in [-1, 1]."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Bx3xHxW in [-1, 1] -> uint8 BxHxWx3."""
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def sample_scenes(rng: np.random.Generator, n: int, split: str = "train", n_objects=(0, 3), size: int = C.IMAGE_SIZE):
+    sw = world()
+    return [sw.sample_scene(rng, size=size, n_objects=n_objects, split=split) for _ in range(n)]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean per-image PSNR (dB) between uint8 arrays BxHxWx3."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+# ---------------------------------------------------------------- checkpoints
+def atomic_save_pretrained(model, out_dir: Path, **kw) -> None:
+    """save_pretrained into a temp dir next to out_dir, then swap it in with renames."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size="15MB", **kw)
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def read_state(model_dir: Path) -> dict:
+    p = Path(model_dir) / STATE_FILE
+    if p.exists():
+        return json.loads(p.read_text())
+    return {}
+
+
+def update_state(model_dir: Path, component: str, **fields) -> dict:
+    """Merge fields into training_state.json[component] (atomic write)."""
+    model_dir = Path(model_dir)
+    state = read_state(model_dir)
+    comp = state.setdefault(component, {})
+    comp.update(fields)
+    state["hardware"] = hardware()
+    state["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, model_dir / STATE_FILE)
+    return state
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return f"cpu:{platform.processor() or platform.machine()} x{os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+# ---------------------------------------------------------------- optimisation
+def lr_at(step_in_run: int, frac_time: float, base_lr: float, warmup: int, min_frac: float = 0.1) -> float:
+    """Linear warmup (steps of this run), then cosine decay over the run's time budget to min_frac * base_lr."""
+    w = min(1.0, (step_in_run + 1) / max(1, warmup))
+    f = min(max(frac_time, 0.0), 1.0)
+    cos = min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * f))
+    return base_lr * w * cos
+
+
+class EMA:
+    """Exponential moving average of parameters (with warmup: decay = min(decay, (1+n)/(10+n)))."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        self.n = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "n": self.n, "shadow": self.shadow}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.decay = sd["decay"]
+        self.n = sd["n"]
+        self.shadow = {k: v.clone() for k, v in sd["shadow"].items()}
+
+
+def arch_key(config) -> str:
+    """Architecture identity of a model config (ignores private keys and the VAE scaling factor)."""
+    d = {k: v for k, v in dict(config).items() if not k.startswith("_") and k != "scaling_factor"}
+    return json.dumps(d, sort_keys=True, default=list)
+
+
+class Timer:
+    def __init__(self, minutes: float):
+        self.t0 = time.time()
+        self.budget = minutes * 60.0
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    @property
+    def frac(self) -> float:
+        return self.elapsed / max(self.budget, 1e-9)
+
+    def done(self) -> bool:
+        return self.elapsed >= self.budget

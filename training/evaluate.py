@@ -1,0 +1,147 @@
+"""Quality gates for the embedded model, on held-out data, measured with the analytic detector.
+
+- VAE: PSNR of reconstructions of held-out scenes (256, fixed seed).
+- Text-to-image, single object: prompts are held-out captions ("a red star on a sand background" with
+  shapes_world.is_held_out True), fixed seeds, DDIM 20 steps, CFG; detector over the whole image ->
+  colour accuracy and shape accuracy (colour and shape both right).
+- Speed: one edit-sized generation (20 DDIM steps at CFG batch 2 + VAE decode), median wall time.
+Writes results.json and contact_sheet.png.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import configs as C
+from .common import to_uint8, world
+from .tokenizer import load_tokenizer, tokenize
+
+
+def heldout_prompts(n: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
+    """n (prompt, colour, shape, background) with held-out single-object triples, deterministic."""
+    sw = world()
+    triples = [(c, s, b) for b in sw.BACKGROUNDS for c in sw.COLOURS for s in sw.SHAPES if sw.is_held_out(c, s, b)]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(triples))
+    out = []
+    for i in range(n):
+        c, s, b = triples[order[i % len(triples)]]
+        out.append((sw.caption(b, [sw.SceneObject(c, s, (0, 0, 1, 1))]), c, s, b))
+    return out
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder, tok, prompts: list[str]) -> torch.Tensor:
+    dev = next(text_encoder.parameters()).device
+    return text_encoder(tokenize(tok, prompts).to(dev))[0]
+
+
+@torch.no_grad()
+def sample(unet, text_encoder, tok, vae, prompts: list[str], seeds: list[int], steps: int = 20, cfg: float = 5.0,
+           scheduler=None, batch: int = 50) -> np.ndarray:
+    """Plain diffusers-style DDIM + classifier-free guidance loop (null prompt ""). Returns uint8 BxHxWx3."""
+    from diffusers import DDIMScheduler
+
+    sched = scheduler or DDIMScheduler(**C.SCHEDULER_CONFIG)
+    dev = next(unet.parameters()).device
+    was_training = unet.training, text_encoder.training
+    unet.eval()
+    text_encoder.eval()
+    sf = float(vae.config.scaling_factor)
+    size = int(unet.config.sample_size)
+    out = []
+    for i in range(0, len(prompts), batch):
+        ps, ss = prompts[i : i + batch], seeds[i : i + batch]
+        cond = encode_prompts(text_encoder, tok, ps)
+        uncond = encode_prompts(text_encoder, tok, [""]).expand_as(cond)
+        emb = torch.cat([uncond, cond])
+        lat = torch.stack([torch.randn(unet.config.in_channels, size, size,
+                                       generator=torch.Generator().manual_seed(int(s))) for s in ss]).to(dev)
+        sched.set_timesteps(steps)
+        lat = lat * sched.init_noise_sigma
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(torch.cat([lat, lat]), t)
+            pu, pc = unet(inp, t, encoder_hidden_states=emb).sample.chunk(2)
+            lat = sched.step(pu + cfg * (pc - pu), t, lat).prev_sample
+        out.append(to_uint8(vae.decode(lat / sf).sample))
+    if was_training[0]:
+        unet.train()
+    if was_training[1]:
+        text_encoder.train()
+    return np.concatenate(out)
+
+
+def detector_scores(images: np.ndarray, items) -> dict:
+    from benchmark.detector import detect
+
+    col, shp = [], []
+    for img, (_, c, s, _b) in zip(images, items):
+        h, w = img.shape[:2]
+        d = detect(img, (0, 0, w, h), c, s)
+        col.append(bool(d.colour_found))
+        shp.append(bool(d.colour_found and d.shape_found))
+    return {"colour_acc": float(np.mean(col)), "shape_acc": float(np.mean(shp)), "n": len(col)}
+
+
+def quick_gate(unet, text_encoder, tok, vae, n: int = 32, steps: int = 20, cfg: float = 5.0, image_size=None) -> dict:
+    """Small held-out text-to-image check used at training checkpoints."""
+    items = heldout_prompts(n, seed=0)
+    imgs = sample(unet, text_encoder, tok, vae, [p for p, *_ in items], list(range(n)), steps=steps, cfg=cfg)
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in detector_scores(imgs, items).items()}
+
+
+def contact_sheet(images: np.ndarray, cols: int = 16, pad: int = 2) -> np.ndarray:
+    n, h, w, _ = images.shape
+    rows = (n + cols - 1) // cols
+    sheet = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        sheet[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
+    return sheet
+
+
+def load_model(model_dir: Path | str):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    d = Path(model_dir)
+    dev = C.device()
+    tok = load_tokenizer(d / "tokenizer")
+    vae = AutoencoderKL.from_pretrained(str(d / "vae")).to(dev).eval()
+    unet = UNet2DConditionModel.from_pretrained(str(d / "unet")).to(dev).eval()
+    te = CLIPTextModel.from_pretrained(str(d / "text_encoder")).to(dev).eval()
+    sched = DDIMScheduler.from_pretrained(str(d / "scheduler")) if (d / "scheduler").exists() else None
+    return tok, vae, unet, te, sched
+
+
+def evaluate(model_dir: Path | str = C.EMBEDDED_DIR, n: int = 200, cfg: float = 5.0, steps: int = 20,
+             threads: int | None = 2, out_dir: Path | str | None = None, psnr_n: int = 256) -> dict:
+    from PIL import Image
+
+    from .train_vae import eval_psnr
+
+    C.set_threads(threads)
+    out_dir = Path(out_dir or C.RUNS_DIR / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok, vae, unet, te, sched = load_model(model_dir)
+    res: dict = {"model": str(model_dir), "hardware": f"{C.device()} threads={torch.get_num_threads()}"}
+    res["vae_heldout_psnr"] = round(eval_psnr(vae, n=psnr_n, size=int(vae.config.sample_size)), 3)
+    items = heldout_prompts(n, seed=0)
+    t0 = time.time()
+    imgs = sample(unet, te, tok, vae, [p for p, *_ in items], list(range(n)), steps=steps, cfg=cfg, scheduler=sched)
+    res["t2i_seconds_per_image_batched"] = round((time.time() - t0) / n, 4)
+    res["t2i_single_object_heldout"] = detector_scores(imgs, items) | {"cfg": cfg, "steps": steps}
+    times = []
+    for k in range(5):  # one edit-sized generation: batch 1 (CFG batch 2), 20 steps, decode
+        t0 = time.time()
+        sample(unet, te, tok, vae, [items[0][0]], [k], steps=steps, cfg=cfg, scheduler=sched)
+        times.append(time.time() - t0)
+    res["seconds_per_generation_median"] = round(float(np.median(times)), 4)
+    res["prompts"] = [p for p, *_ in items[:64]]
+    (out_dir / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    Image.fromarray(contact_sheet(imgs[:128])).save(out_dir / "contact_sheet.png")
+    return res

@@ -1,0 +1,266 @@
+"""Train the embedded UNet + text encoder jointly on frozen-VAE latents of shapes-world scenes.
+
+Data: a pool of encoded scenes (posterior means * scaling_factor); every step `refresh` pool entries are replaced
+with freshly drawn + encoded scenes, so encoding cost is amortised while data stays effectively unlimited.
+Captions: 10% "" (the CFG null prompt), ~30% objects-only ("a red star and a blue house"), else the full caption;
+~10% of scenes have no object ("a grass background"). 1-object curriculum for the first `curriculum_steps` steps.
+Loss: v-prediction MSE with min-SNR-5 weighting. AdamW + warmup + cosine over the time budget, EMA 0.999.
+Checkpoints (EMA weights) go atomically into assets/embedded/{unet,text_encoder}; runs/unet_ckpt.pt keeps raw
+weights, optimizer and EMA state. A fresh machine resumes from the committed EMA weights (new optimizer).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import configs as C
+from .common import EMA, arch_key, Timer, atomic_save_pretrained, atomic_torch_save, hardware, lr_at, read_state, to_tensor, update_state, world
+from .tokenizer import load_tokenizer, tokenize
+
+P_DROP = 0.10  # caption -> "" (unconditional)
+P_OBJECTS_ONLY = 0.30  # caption -> objects only
+P_BACKGROUND_ONLY = 0.10  # scenes without objects
+
+
+def objects_caption(objects) -> str:
+    """Same listing as shapes_world.caption without the background: "a red star, a blue house and a pink moon"."""
+    sw = world()
+    phrases = [sw.object_prompt(o.colour, o.shape) for o in objects]
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def choose_caption(scene, rng: np.random.Generator) -> str:
+    u = rng.random()
+    if u < P_DROP:
+        return ""
+    if scene.objects and u < P_DROP + P_OBJECTS_ONLY:
+        return objects_caption(scene.objects)
+    return scene.caption
+
+
+class LatentPool:
+    """Encoded scenes kept in memory; `refresh` replaces a few random entries by new scenes."""
+
+    def __init__(self, vae, size: int, rng: np.random.Generator, image_size: int, max_objects: int, bs: int = 64):
+        self.vae, self.rng, self.image_size, self.max_objects = vae, rng, image_size, max_objects
+        self.dev = next(vae.parameters()).device
+        self.sf = float(vae.config.scaling_factor)
+        self.scenes: list = []
+        lat = []
+        for i in range(0, size, bs):
+            sc = self._draw(min(bs, size - i))
+            self.scenes += sc
+            lat.append(self._encode(sc))
+        self.latents = torch.cat(lat)
+
+    def _draw(self, n: int):
+        sw = world()
+        out = []
+        for _ in range(n):
+            k = 0 if self.rng.random() < P_BACKGROUND_ONLY else int(self.rng.integers(1, self.max_objects + 1))
+            out.append(sw.sample_scene(self.rng, size=self.image_size, n_objects=k, split="train"))
+        return out
+
+    @torch.no_grad()
+    def _encode(self, scenes) -> torch.Tensor:
+        x = to_tensor([s.image for s in scenes]).to(self.dev)
+        return self.vae.encode(x).latent_dist.mean * self.sf
+
+    def refresh(self, n: int) -> None:
+        if n <= 0:
+            return
+        idx = self.rng.choice(len(self.scenes), size=n, replace=False)
+        sc = self._draw(n)
+        self.latents[torch.as_tensor(idx)] = self._encode(sc)
+        for j, s in zip(idx, sc):
+            self.scenes[j] = s
+
+    def batch(self, bs: int):
+        idx = self.rng.choice(len(self.scenes), size=bs, replace=False)
+        return self.latents[torch.as_tensor(idx)], [choose_caption(self.scenes[j], self.rng) for j in idx]
+
+
+def diffusion_loss(unet, text_encoder, tokenizer, noise_sched, latents, captions, gen=None, snr_gamma=5.0):
+    dev = latents.device
+    ids = tokenize(tokenizer, captions).to(dev)
+    enc = text_encoder(ids)[0]
+    noise = torch.randn(latents.shape, generator=gen, device=dev)
+    t = torch.randint(0, noise_sched.config.num_train_timesteps, (latents.shape[0],), generator=gen, device=dev)
+    noisy = noise_sched.add_noise(latents, noise, t)
+    if noise_sched.config.prediction_type == "v_prediction":
+        target = noise_sched.get_velocity(latents, noise, t)
+    else:
+        target = noise
+    pred = unet(noisy, t, encoder_hidden_states=enc).sample
+    ac = noise_sched.alphas_cumprod.to(dev)[t]
+    snr = ac / (1 - ac)
+    if noise_sched.config.prediction_type == "v_prediction":
+        w = torch.clamp(snr, max=snr_gamma) / (snr + 1)
+    else:
+        w = torch.clamp(snr, max=snr_gamma) / snr.clamp(min=1e-8)
+    loss = (F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3)) * w).mean()
+    return loss
+
+
+def load_models(out_dir: Path, run_dir: Path, tiny: bool, dev, lr: float, ema_decay: float):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tok = load_tokenizer(out_dir / "tokenizer")
+    vae = AutoencoderKL.from_pretrained(str(out_dir / "vae")).to(dev).eval().requires_grad_(False)
+    state = read_state(out_dir).get("unet", {})
+    steps_done = int(state.get("steps", 0))
+    if (out_dir / "unet").exists() and (out_dir / "text_encoder").exists():
+        unet = UNet2DConditionModel.from_pretrained(str(out_dir / "unet"))
+        te = CLIPTextModel.from_pretrained(str(out_dir / "text_encoder"))
+        source = str(out_dir)
+    else:
+        unet, te = C.make_unet(tiny), C.make_text_encoder(len(tok), tiny)
+        source, steps_done = "scratch", 0
+    unet.to(dev).train()
+    te.to(dev).train()
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, betas=(0.9, 0.99))
+    ema_u, ema_t = EMA(unet, ema_decay), EMA(te, ema_decay)
+    ck_path = run_dir / "unet_ckpt.pt"
+    if ck_path.exists():
+        ck = torch.load(ck_path, map_location=dev, weights_only=True)
+        if ck["step"] >= steps_done and ck.get("arch") == arch_key(unet.config):
+            unet.load_state_dict(ck["unet"])
+            te.load_state_dict(ck["text_encoder"])
+            ema_u.load_state_dict(ck["ema_unet"])
+            ema_t.load_state_dict(ck["ema_text"])
+            try:
+                opt.load_state_dict(ck["opt"])
+            except ValueError:
+                pass
+            steps_done = ck["step"]
+            source = str(ck_path)
+    else:
+        # fresh optimizer on committed (EMA) weights: EMA restarts from them with its warmup
+        ema_u.n = ema_t.n = 1000 if source != "scratch" else 0
+    return tok, vae, unet, te, opt, ema_u, ema_t, steps_done, source
+
+
+def save_checkpoint(unet, te, ema_u, ema_t, opt, step, out_dir: Path, run_dir: Path, info: dict, tiny: bool):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextConfig
+
+    eu = UNet2DConditionModel.from_config(unet.config)
+    ema_u.copy_to(eu)
+    et = CLIPTextModel(CLIPTextConfig.from_dict(te.config.to_dict()))
+    ema_t.copy_to(et)
+    atomic_save_pretrained(eu, out_dir / "unet")
+    atomic_save_pretrained(et, out_dir / "text_encoder")
+    atomic_torch_save({"step": step, "unet": unet.state_dict(), "text_encoder": te.state_dict(),
+                       "ema_unet": ema_u.state_dict(), "ema_text": ema_t.state_dict(), "opt": opt.state_dict(),
+                       "arch": arch_key(unet.config)}, run_dir / "unet_ckpt.pt")
+    update_state(out_dir, "unet", steps=step, unet_params=C.n_params(eu), text_encoder_params=C.n_params(et), **info)
+    return eu, et
+
+
+def train_unet(
+    minutes: float = 150.0,
+    threads: int | None = 1,
+    batch_size: int = 32,
+    lr: float = 8e-4,
+    warmup: int = 300,
+    ckpt_minutes: float = 10.0,
+    out_dir: Path | str = C.EMBEDDED_DIR,
+    run_dir: Path | str = C.RUNS_DIR,
+    tiny: bool = False,
+    max_steps: int | None = None,
+    seed: int | None = None,
+    ema: float = 0.999,
+    pool: int = 2048,
+    refresh: int = 8,
+    curriculum_steps: int = 1500,
+    image_size: int | None = None,
+    quick_eval_n: int = 32,
+    quiet: bool = False,
+) -> dict:
+    C.set_threads(threads)
+    out_dir, run_dir = Path(out_dir), Path(run_dir)
+    dev = C.device()
+    tok, vae, unet, te, opt, ema_u, ema_t, step0, source = load_models(out_dir, run_dir, tiny, dev, lr, ema)
+    from diffusers import DDPMScheduler
+
+    sched_cfg = dict(C.SCHEDULER_CONFIG)
+    if (out_dir / "scheduler" / "scheduler_config.json").exists():
+        sched_cfg = DDPMScheduler.load_config(str(out_dir / "scheduler"))
+    noise_sched = DDPMScheduler.from_config(sched_cfg)
+    image_size = image_size or int(vae.config.sample_size)
+    prior_minutes = float(read_state(out_dir).get("unet", {}).get("minutes", 0.0))
+    if not quiet:
+        print(f"[unet] unet {C.n_params(unet)/1e6:.2f}M + text {C.n_params(te)/1e6:.2f}M params; resume from {source} "
+              f"at step {step0}; device {dev}; threads {torch.get_num_threads()}; "
+              f"vae scaling_factor {vae.config.scaling_factor:.4f}", flush=True)
+    rng = np.random.default_rng(seed if seed is not None else int(time.time()) + step0)
+    gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2**31)))
+    t_pool = time.time()
+    curriculum = step0 < curriculum_steps
+    lp = LatentPool(vae, pool, rng, image_size, max_objects=1 if curriculum else 3)
+    if not quiet:
+        print(f"[unet] pool of {pool} latents in {time.time()-t_pool:.1f}s; latent std {lp.latents.std():.3f}",
+              flush=True)
+    timer = Timer(minutes)
+    step, i = step0, 0
+    last_ckpt = time.time()
+    losses: list[float] = []
+    train_time = [0.0]
+    result: dict = {}
+    pbar = tqdm(total=max_steps, disable=quiet, desc="unet", mininterval=10)
+
+    def checkpoint():
+        eu, et = save_checkpoint(unet, te, ema_u, ema_t, opt, step, out_dir, run_dir, {}, tiny)
+        metrics = {}
+        if quick_eval_n:
+            from .evaluate import quick_gate
+
+            metrics = quick_gate(eu.to(dev), et.to(dev), tok, vae, n=quick_eval_n, image_size=image_size)
+        info = dict(minutes=round(prior_minutes + timer.elapsed / 60, 2), hardware=hardware(), batch_size=batch_size,
+                    last_loss=float(np.mean(losses[-200:])) if losses else None, heldout_quick=metrics,
+                    prediction_type=noise_sched.config.prediction_type, sec_per_step=round(train_time[0] / max(i, 1), 3))
+        update_state(out_dir, "unet", **info)
+        result.update(info, steps=step)
+        msg = f"[unet] checkpoint step {step} ({timer.elapsed/60:.1f} min) loss {info['last_loss']} held-out {metrics}"
+        if not quiet:
+            pbar.write(msg)
+
+    while not timer.done() and (max_steps is None or i < max_steps):
+        if curriculum and step >= curriculum_steps:
+            curriculum = False
+            lp.max_objects = 3
+            lp.refresh(len(lp.scenes) // 2)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(i, timer.frac, lr, warmup)
+        t_step = time.time()
+        lp.refresh(refresh)
+        latents, captions = lp.batch(batch_size)
+        loss = diffusion_loss(unet, te, tok, noise_sched, latents, captions, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), 1.0)
+        opt.step()
+        ema_u.update(unet)
+        ema_t.update(te)
+        train_time[0] += time.time() - t_step
+        step += 1
+        i += 1
+        losses.append(loss.item())
+        pbar.update(1)
+        if i % 20 == 0:
+            pbar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}", step=step)
+        if time.time() - last_ckpt > ckpt_minutes * 60:
+            checkpoint()
+            last_ckpt = time.time()
+    pbar.close()
+    checkpoint()
+    if not quiet:
+        print(f"[unet] done: {result}", flush=True)
+    return result
