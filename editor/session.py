@@ -44,10 +44,15 @@ class Session:
         self._memory = LayerMemory(history_limit=history_limit)
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | None = EMBEDDED, device=None, dtype=None, **defaults) -> Session:
-        """Open a session on the embedded model (default), a local diffusers folder or a hub id."""
+    def from_pretrained(cls, path_or_id: str | None = EMBEDDED, device=None, dtype=None, *,
+                        guidance_adapter: str | Path | bool | None = None, **defaults) -> Session:
+        """Open a session on the embedded model (default), a local diffusers folder or a hub id.
+
+        `guidance_adapter`: a folder made by `python -m training distill` (enables guidance="distilled");
+        None loads `<model folder>/guidance` when present (the embedded model ships one); False loads none.
+        """
         source = EMBEDDED if path_or_id is None else str(path_or_id)
-        pipeline = load_pipeline(source, device=device, dtype=dtype)
+        pipeline = load_pipeline(source, device=device, dtype=dtype, guidance_adapter=guidance_adapter)
         return cls(pipeline, model=source, defaults=EditSettings().updated(**defaults))
 
     # ------------------------------------------------------------------ state
@@ -211,8 +216,10 @@ class Session:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, pipeline: LayeredPipeline | None = None, device=None, dtype=None) -> Session:
-        """Open a saved project; by default reloads the model recorded in it."""
+    def load(cls, path: str | Path, pipeline: LayeredPipeline | None = None, device=None, dtype=None, *,
+             guidance_adapter: str | Path | bool | None = None) -> Session:
+        """Open a saved project; by default reloads the model recorded in it (see from_pretrained for
+        `guidance_adapter`)."""
         layers, meta = load_project(path)
         model = meta.get("model")
         if model is not None and not isinstance(model, str):
@@ -222,7 +229,7 @@ class Session:
         except (TypeError, ValueError) as error:
             raise ProjectError(f"{path}: invalid session settings: {error}") from error
         if pipeline is None:
-            pipeline = load_pipeline(model, device=device, dtype=dtype)
+            pipeline = load_pipeline(model, device=device, dtype=dtype, guidance_adapter=guidance_adapter)
         session = cls(pipeline, model=model, defaults=defaults)
         session._check_compatible(layers, path)
         if layers:
@@ -292,7 +299,7 @@ class Session:
             prompt, config.negative_prompt, num_inference_steps=config.num_inference_steps,
             guidance_scale=config.guidance_scale, scheduler=config.scheduler, seed=seed, height=height, width=width,
             edit=edit, free_steps_ratio=config.free_steps_ratio, preserve=config.preserve,
-            attention=config.attention, callback_on_step_end=callback_on_step_end)
+            attention=config.attention, guidance=config.guidance, callback_on_step_end=callback_on_step_end)
         return out, time.perf_counter() - started
 
     def _record(self, prompt: str, config: EditSettings, seed: int, out: LayeredPipelineOutput, seconds: float, *,

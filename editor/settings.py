@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from pipelines.attention import ATTENTION_MODES
+from pipelines.guidance import GUIDANCE_MODES, NEGATIVE_PROMPT_ERROR
 from pipelines.pipeline_layered import BACKGROUND_SOURCES, PRESERVE_MODES
 from pipelines.schedulers import SCHEDULERS
 
@@ -35,6 +36,9 @@ class EditSettings:
     preserve: str = "pixels"
     mask_dilation: int = 0  # px grown around a rough mask; 0 keeps the promise "outside your mask is untouched"
     mask_feather: int = 2  # px of inward blend at the mask's edge, so the composite shows no seam
+    # "cfg": classifier-free guidance, two UNet rows per step; "distilled": one row with the model's
+    # guidance adapter (pipeline.has_guidance_adapter), no negative prompt.
+    guidance: str = "cfg"
 
     def __post_init__(self):
         _check_int("num_inference_steps", self.num_inference_steps, 1, MAX_STEPS)
@@ -52,6 +56,10 @@ class EditSettings:
             raise ValueError(f"preserve must be one of {PRESERVE_MODES}, got {self.preserve!r}")
         _check_int("mask_dilation", self.mask_dilation, 0, MAX_MASK_PIXELS)
         _check_int("mask_feather", self.mask_feather, 0, MAX_MASK_PIXELS)
+        if self.guidance not in GUIDANCE_MODES:
+            raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {self.guidance!r}")
+        if self.guidance == "distilled" and self.negative_prompt:
+            raise ValueError(NEGATIVE_PROMPT_ERROR)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

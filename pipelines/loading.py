@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .guidance import find_adapter_folder, load_guidance_adapter
 from .pipeline_layered import LayeredPipeline
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "embedded"
@@ -27,11 +28,14 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_pipeline(path_or_id: str | None = None, device=None, dtype=None) -> LayeredPipeline:
+def load_pipeline(path_or_id: str | None = None, device=None, dtype=None,
+                  guidance_adapter: str | Path | bool | None = None) -> LayeredPipeline:
     """Load any SD-1.x/2.x diffusers checkpoint (or the embedded model) as a LayeredPipeline.
 
     Only safetensors weights are read (a pickled .bin checkpoint is refused: loading must never run
-    code); on CUDA the default dtype is float16, on the CPU float32.
+    code); on CUDA the default dtype is float16, on the CPU float32. `guidance_adapter`: a folder
+    made by `python -m training distill`; None loads `<model folder>/guidance` when there is one
+    (the embedded model ships its adapter there); False loads none.
     """
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
@@ -40,4 +44,11 @@ def load_pipeline(path_or_id: str | None = None, device=None, dtype=None) -> Lay
     pipeline = LayeredPipeline.from_pretrained(source, dtype=dtype, use_safetensors=True)
     pipeline.vae.to(dtype=torch.float32)  # fp16 SD VAEs overflow; the VAE is a small share of the time
     pipeline.to(device)
+    if guidance_adapter is None or guidance_adapter is True:
+        found = find_adapter_folder(source) if Path(source).is_dir() else None
+        if found is None and guidance_adapter is True:
+            raise FileNotFoundError(f"{source} has no guidance adapter in a 'guidance' folder; pass its folder")
+        guidance_adapter = found
+    if guidance_adapter:
+        load_guidance_adapter(pipeline, guidance_adapter)
     return pipeline

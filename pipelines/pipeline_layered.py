@@ -22,6 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import bcg
 from .attention import ATTENTION_MODES, RegionalAttnProcessor, RegionMaps, regional_attention
+from .guidance import GUIDANCE_MODES, NEGATIVE_PROMPT_ERROR, GuidanceAdapter
 from .masks import latent_mask
 from .schedulers import make_scheduler, schedule_fingerprint
 
@@ -83,6 +84,7 @@ class LayeredPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._call_lock = threading.RLock()
+        self.guidance_adapter: GuidanceAdapter | None = None  # set by guidance.load_guidance_adapter
 
     # ----------------------------------------------------------------- properties
     @property
@@ -100,9 +102,15 @@ class LayeredPipeline(DiffusionPipeline):
         """SD inpainting UNets take latents + mask + masked-image latents (4 + 1 + 4 channels)."""
         return int(self.unet.config.in_channels) == 2 * self.latent_channels + 1
 
+    @property
+    def has_guidance_adapter(self) -> bool:
+        """Whether guidance="distilled" is available (a guidance adapter is loaded)."""
+        return self.guidance_adapter is not None
+
     # ----------------------------------------------------------------- inputs
     def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                     edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs):
+                     edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs,
+                     guidance="cfg"):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         if not isinstance(negative_prompt, str):
@@ -124,6 +132,17 @@ class LayeredPipeline(DiffusionPipeline):
             raise ValueError(f"callback_on_step_end_tensor_inputs may hold {CALLBACK_TENSOR_INPUTS}, got {sorted(unknown)}")
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+        if guidance not in GUIDANCE_MODES:
+            raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
+        if guidance == "distilled":
+            if negative_prompt:
+                raise ValueError(NEGATIVE_PROMPT_ERROR)
+            if self.guidance_adapter is None:
+                raise ValueError("guidance='distilled' needs a guidance adapter: load one with "
+                                 "pipelines.guidance.load_guidance_adapter(pipeline, FOLDER) (or "
+                                 "Session.from_pretrained(..., guidance_adapter=FOLDER)); train one with "
+                                 "`python -m training distill --model MODEL --out FOLDER`")
+            self.guidance_adapter.check_scale(guidance_scale)
         if edit is not None:
             if edit.background not in BACKGROUND_SOURCES:
                 raise ValueError(f"background must be one of {BACKGROUND_SOURCES}, got {edit.background!r}")
@@ -200,23 +219,27 @@ class LayeredPipeline(DiffusionPipeline):
         free_steps_ratio: float = 0.1,
         preserve: str = "pixels",
         attention: str = "mqd",
+        guidance: str = "cfg",
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> LayeredPipelineOutput:
         """Generate a background (edit=None) or one masked edit on top of the layer described by `edit`.
 
         Steps: encode prompts; start from the seed's noise; each step run the UNet (a batch of 2
-        with CFG), step the scheduler, blend the background from memory (BCG) for all but the free
-        final steps, record the latent; decode; keep the previous pixels outside the soft mask.
+        with guidance="cfg", of 1 with the guidance adapter for "distilled"), step the scheduler,
+        blend the background from memory (BCG) for all but the free final steps, record the
+        latent; decode; keep the previous pixels outside the soft mask.
         """
         # 1. Check inputs
         default_w, default_h = self.default_size
         height = height or (edit.previous_image.shape[0] if edit is not None else default_h)
         width = width or (edit.previous_image.shape[1] if edit is not None else default_w)
         self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                          edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs)
+                          edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs, guidance)
         device = self._execution_device
-        do_cfg = guidance_scale > 1.0
+        # guidance_scale <= 1 turns guidance off in either mode: one plain conditional pass per step
+        do_cfg = guidance == "cfg" and guidance_scale > 1.0
+        distilled = guidance == "distilled" and guidance_scale > 1.0
 
         # 2. Encode the prompts (the unconditional half is the negative prompt, "" by default)
         prompt_embeds = self.encode_prompt(prompt)
@@ -250,20 +273,26 @@ class LayeredPipeline(DiffusionPipeline):
             blend_steps = bcg.blended_step_count(len(timesteps), free_steps_ratio)
         extra_channels = self.inpainting_inputs(edit, height, width) if self.is_inpainting_unet else None
 
-        # 6. Denoising loop, with the MQD processors installed for this call only
+        # 6. Distilled guidance: the adapter's weights and the scale's embedding (the teacher runs without both)
+        student, timestep_cond = contextlib.nullcontext(), None
+        if distilled:
+            student = self.guidance_adapter.applied()
+            timestep_cond = self.guidance_adapter.embedding(guidance_scale, latents.shape[0], device, self.unet.dtype)
+
+        # 7. Denoising loop, with the MQD processors installed for this call only
         trajectory: list[torch.Tensor] = []
         unet_evals = 0
         routing = contextlib.nullcontext()
         if regions:
             maps = RegionMaps.from_masks([mask for _, mask in regions], prompt_embeds.shape[1], tuple(latents.shape[-2:]))
             routing = regional_attention(self.unet, maps, self.region_processor)
-        with routing, self.progress_bar(total=len(timesteps)) as progress:
+        with routing, student, self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = sampler.scale_model_input(model_input, t)
                 if extra_channels is not None:
                     model_input = torch.cat([model_input, extra_channels.expand(model_input.shape[0], -1, -1, -1)], dim=1)
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=text).sample
+                noise_pred = self.unet(model_input, t, encoder_hidden_states=text, timestep_cond=timestep_cond).sample
                 unet_evals += model_input.shape[0]
                 if do_cfg:
                     uncond, cond = noise_pred.chunk(2)
@@ -277,7 +306,7 @@ class LayeredPipeline(DiffusionPipeline):
                 trajectory.append(latents.detach().to("cpu", torch.float16))
                 progress.update()
 
-        # 7. Decode, then keep the previous pixels wherever the soft mask is 0
+        # 8. Decode, then keep the previous pixels wherever the soft mask is 0
         decoded = self.decode_latents(latents)
         image = decoded if edit is None or preserve == "latents" else composite(edit.previous_image, decoded, edit.soft_mask)
 
@@ -289,7 +318,8 @@ class LayeredPipeline(DiffusionPipeline):
             prompt_embeds=prompt_embeds.detach().to("cpu", torch.float16),
             negative_prompt_embeds=None if negative_embeds is None else negative_embeds.detach().to("cpu", torch.float16),
             info={"bcg": bcg_source, "blended_steps": blend_steps, "unet_evals": unet_evals,
-                  "attention_regions": len(regions)},
+                  "attention_regions": len(regions),
+                  "guidance": "distilled" if distilled else "cfg" if do_cfg else "off"},
         )
 
     @staticmethod
