@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from benchmark.cli import add_bench_command
+from training.distill import add_distill_command
 
 DEMO_PLAN = {
     "background": "a grass background",
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.set_defaults(handler=run_ui)
 
     add_bench_command(commands)
+    add_distill_command(commands)
     return parser
 
 
