@@ -42,7 +42,8 @@ def load_pipeline(path_or_id: str | None = None, device=None, dtype=None,
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     source = resolve_model(path_or_id)
     pipeline = LayeredPipeline.from_pretrained(source, dtype=dtype, use_safetensors=True)
-    pipeline.vae.to(dtype=torch.float32)  # fp16 SD VAEs overflow; the VAE is a small share of the time
+    if dtype != torch.float32:
+        pipeline.vae.to(dtype=torch.float32)  # fp16 SD VAEs overflow; the VAE is a small share of the time
     pipeline.to(device)
     if guidance_adapter is None or guidance_adapter is True:
         found = find_adapter_folder(source) if Path(source).is_dir() else None
