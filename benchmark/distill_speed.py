@@ -87,7 +87,7 @@ def per_step_relative_error(pipeline, prompts: list[str], scale: float, steps: i
         uncond_out, cond_out = unet(torch.cat([model_input] * 2), t, encoder_hidden_states=torch.cat([uncond, cond])
                                     ).sample.float().chunk(2)
         guided = uncond_out + scale * (cond_out - uncond_out)
-        with adapter.applied():
+        with adapter.applied(scale):
             student = unet(model_input, t, encoder_hidden_states=cond,
                            timestep_cond=adapter.embedding(scale, len(prompts), device, dtype)).sample.float()
         error = (student - guided).flatten(1).norm(dim=1) / guided.flatten(1).norm(dim=1).clamp_min(1e-8)

@@ -6,15 +6,21 @@ is embedded as s - 1). Trained by `python -m training distill` to reproduce
 `uncond + s * (cond - uncond)` for any s in [1, max_scale] from the prompt alone, so one adapter
 serves every scale. The teacher is the same UNet without the adapter: guidance="cfg" runs exactly it.
 
+The LoRA branch is multiplied by a gain g(s) = s - 1 (LORA_GAINS): CFG moves the conditional output
+by (s - 1) (cond - uncond), so the LoRA learns that direction once and the scale sets how far to go;
+at s = 1 the student is exactly the teacher's conditional pass. (With a constant gain the scale
+reaches the UNet only through the timestep embedding, and training was several times slower:
+rel. error 0.33 vs 0.26 after 300 steps on the embedded model.)
+
 On disk (a folder): `guidance_lora.safetensors` (written by diffusers' `save_lora_adapter`, the LoRA
 config in its metadata), `guidance_projection.safetensors` (the projection weight) and
 `guidance.json` (embedding size, scale range, rank, base model, training record).
 
-At inference the LoRA is fused into a second copy of the weights it touches, kept as buffers on
-those modules; a distilled call swaps the fused copies in and back out. Both modes then run the
-UNet's plain layers at full speed, and the teacher's own weights are never modified, so
+At inference each LoRA layer's dense delta is kept as a buffer on its module; a distilled call swaps
+in W + g(s) delta for its duration and the original weights back afterwards. Both modes then run
+the UNet's plain layers at full speed, and the teacher's own weights are never modified, so
 guidance="cfg" stays bit-identical to a pipeline without an adapter. The extra memory is one copy
-of the targeted weights (the attention projections by default).
+of the targeted weights (the attention projections by default), two during a distilled call.
 """
 
 from __future__ import annotations
@@ -41,7 +47,11 @@ EMBEDDING_DIM = 256  # sinusoidal features of s - 1 (diffusers' LCM default)
 MIN_SCALE = 1.0
 MAX_SCALE = 12.0  # default upper end of the trained scale range
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections (self and cross)
-FUSED_BUFFER = "guidance_fused_weight"
+DELTA_BUFFER = "guidance_delta_weight"
+# How the LoRA branch is scaled with the guidance scale s: "scale-1" multiplies it by s - 1 (default),
+# "one" leaves it alone (the scale then acts only through the timestep embedding).
+LORA_GAINS = ("scale-1", "one")
+LORA_GAIN = "scale-1"
 NEGATIVE_PROMPT_ERROR = ("distilled guidance has no negative prompt; the adapter learned the empty prompt as its "
                          "unconditional half. Clear negative_prompt or use guidance='cfg'")
 
@@ -63,6 +73,31 @@ def guidance_embedding(scale: float | torch.Tensor, dim: int = EMBEDDING_DIM, *,
     if dim % 2:
         embedding = nn.functional.pad(embedding, (0, 1))
     return embedding.to(device=device, dtype=dtype)
+
+
+def lora_gain(scale: float | torch.Tensor, rule: str = LORA_GAIN) -> torch.Tensor:
+    """g(s), the factor on the LoRA branch (one per scale)."""
+    if rule not in LORA_GAINS:
+        raise ValueError(f"unknown LoRA gain rule {rule!r}; known: {LORA_GAINS}")
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    return scale - 1.0 if rule == "scale-1" else torch.ones_like(scale)
+
+
+@contextmanager
+def scaled_lora(unet, gains: torch.Tensor):
+    """Multiply every live (peft) guidance-LoRA branch by `gains`, one per batch row (training, measurement)."""
+    from peft.tuners.lora import LoraLayer
+
+    def scale_rows(module, inputs, output):
+        return output * gains.to(output.device, output.dtype).view(-1, *([1] * (output.dim() - 1)))
+
+    handles = [module.lora_A[ADAPTER_NAME].register_forward_hook(scale_rows) for module in unet.modules()
+               if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def add_guidance_projection(unet, dim: int = EMBEDDING_DIM) -> nn.Linear:
@@ -117,6 +152,7 @@ def save_guidance_adapter(unet, folder: str | Path, **info) -> Path:
         raise ValueError("the UNet has no guidance projection; call add_guidance_projection first")
     meta = {
         "format": FORMAT,
+        "lora_gain": LORA_GAIN,
         "embedding_dim": int(projection.in_features),
         "scale_range": [MIN_SCALE, MAX_SCALE],
         "rank": int(config.r),
@@ -203,13 +239,15 @@ def attach_guidance_adapter(unet, folder: str | Path) -> dict:
 
 # --------------------------------------------------------------------------------------------- inference
 class GuidanceAdapter:
-    """A guidance adapter fused for inference: swap its weights in for a distilled call, out afterwards."""
+    """A guidance adapter ready for inference: W + g(s) delta swapped in for a distilled call, out afterwards."""
 
-    def __init__(self, unet, fused_modules: list[nn.Module], meta: dict, folder: Path):
+    def __init__(self, unet, modules: list[nn.Module], meta: dict, folder: Path):
         self.unet = unet
-        self.modules = fused_modules
+        self.modules = modules  # the adapted layers, each holding its LoRA delta as a buffer
         self.meta = meta
         self.folder = folder
+        self.gain_rule = meta.get("lora_gain", LORA_GAIN)
+        lora_gain(1.0, self.gain_rule)  # an unknown rule is an error at load time
 
     @property
     def scale_range(self) -> tuple[float, float]:
@@ -227,12 +265,16 @@ class GuidanceAdapter:
                                   dtype=dtype)
 
     @contextmanager
-    def applied(self):
-        """The student: every targeted layer computes with its fused weight for the duration."""
+    def applied(self, guidance_scale: float):
+        """The student at `guidance_scale`: every adapted layer computes with W + g(s) delta for the duration."""
+        gain = float(lora_gain(guidance_scale, self.gain_rule))
         originals = [module.weight for module in self.modules]
         try:
-            for module in self.modules:
-                module.weight = nn.Parameter(getattr(module, FUSED_BUFFER), requires_grad=False)
+            with torch.no_grad():
+                for module in self.modules:
+                    delta = getattr(module, DELTA_BUFFER)
+                    fused = (module.weight.float() + gain * delta.float()).to(module.weight.dtype)
+                    module.weight = nn.Parameter(fused, requires_grad=False)
             yield
         finally:
             for module, weight in zip(self.modules, originals):
@@ -250,12 +292,13 @@ def load_guidance_adapter(pipeline, folder: str | Path) -> GuidanceAdapter:
     unet = pipeline.unet
     try:
         meta = attach_guidance_adapter(unet, folder)
-        fused = _fuse_into_buffers(unet)
+        modules = _deltas_into_buffers(unet)
+        adapter = GuidanceAdapter(unet, modules, meta, folder)
     except Exception:
         _drop_peft_layers(unet)
         remove_guidance_projection(unet)
         raise
-    pipeline.guidance_adapter = GuidanceAdapter(unet, fused, meta, folder)
+    pipeline.guidance_adapter = adapter
     return pipeline.guidance_adapter
 
 
@@ -265,28 +308,28 @@ def unload_guidance_adapter(pipeline) -> None:
     if adapter is None:
         return
     for module in adapter.modules:
-        delattr(module, FUSED_BUFFER)
+        delattr(module, DELTA_BUFFER)
     remove_guidance_projection(pipeline.unet)
     pipeline.guidance_adapter = None
 
 
-def _fuse_into_buffers(unet) -> list[nn.Module]:
-    """Store W + delta of every LoRA layer as a buffer on its base layer, then remove the peft wrappers."""
+def _deltas_into_buffers(unet) -> list[nn.Module]:
+    """Store every LoRA layer's dense delta (B A x scaling) as a buffer on its base layer, then remove the
+    peft wrappers (buffers follow the UNet's .to())."""
     from peft.tuners.lora import LoraLayer
 
-    fused = []
+    adapted = []
     for module in unet.modules():
         if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A:
             base = module.get_base_layer()
             with torch.no_grad():
-                delta = module.get_delta_weight(ADAPTER_NAME)
-                weight = (base.weight.float() + delta.float()).to(base.weight.dtype)
-            base.register_buffer(FUSED_BUFFER, weight, persistent=False)
-            fused.append(base)
-    if not fused:
+                delta = module.get_delta_weight(ADAPTER_NAME).to(base.weight.dtype)
+            base.register_buffer(DELTA_BUFFER, delta, persistent=False)
+            adapted.append(base)
+    if not adapted:
         raise ValueError("the guidance adapter matched no layer of this UNet")
     _drop_peft_layers(unet)
-    return fused
+    return adapted
 
 
 def _drop_peft_layers(unet) -> None:

@@ -276,7 +276,7 @@ class LayeredPipeline(DiffusionPipeline):
         # 6. Distilled guidance: the adapter's weights and the scale's embedding (the teacher runs without both)
         student, timestep_cond = contextlib.nullcontext(), None
         if distilled:
-            student = self.guidance_adapter.applied()
+            student = self.guidance_adapter.applied(guidance_scale)
             timestep_cond = self.guidance_adapter.embedding(guidance_scale, latents.shape[0], device, self.unet.dtype)
 
         # 7. Denoising loop, with the MQD processors installed for this call only

@@ -69,16 +69,17 @@ def test_saved_adapter_loads_back_with_identical_outputs(adapter_dir, tmp_path):
     live = tiny_pipeline()
     random_adapter(live.unet)
     latents, t, cond = unet_input(live)
-    scales = torch.tensor([2.0, 7.5])
-    with torch.no_grad():
-        expected = D.student_output(live.unet, latents, t, cond, scales, G.EMBEDDING_DIM)
-
     loaded = tiny_pipeline()
     adapter = G.load_guidance_adapter(loaded, adapter_dir)
     assert loaded.has_guidance_adapter and adapter.scale_range == (1.0, G.MAX_SCALE)
-    with torch.no_grad(), adapter.applied():
-        fused = D.student_output(loaded.unet, latents, t, cond, scales, G.EMBEDDING_DIM)
-    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)  # fused W + BA vs the LoRA path
+    for scale in (2.0, 7.5):
+        scales = torch.full((2,), scale)
+        with torch.no_grad():
+            expected = D.student_output(live.unet, latents, t, cond, scales, G.EMBEDDING_DIM)
+            with adapter.applied(scale):  # W + (s - 1) B A, vs the LoRA branch times s - 1
+                fused = loaded.unet(latents, t, encoder_hidden_states=cond,
+                                    timestep_cond=adapter.embedding(scale, 2, latents.device, latents.dtype)).sample
+        torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
 
     again = tiny_pipeline()  # attach (live) -> save -> same tensors on disk
     G.attach_guidance_adapter(again.unet, adapter_dir)

@@ -3,11 +3,13 @@
     python -m training distill [--model embedded|FOLDER|HUB_ID] [--out DIR] [--steps N] [--minutes M]
                                [--rank R] [--data trajectories|noised|mixed] [--prompts FILE] ...
 
-Student = the UNet + a LoRA (attention projections by default) + a zero-initialised projection of
-the guidance scale into the timestep embedding (pipelines/guidance.py); both start at zero, so the
-student starts as the teacher's conditional branch. Teacher = the same UNet with the LoRA disabled
-and no scale embedding. Target = uncond + s * (cond - uncond), s ~ U[1, max_scale] per sample, the
-unconditional prompt "" (so distilled mode has no negative prompt). Loss: MSE on the UNet output.
+Student = the UNet + a LoRA (attention projections by default) whose branch is multiplied by s - 1,
++ a zero-initialised projection of the guidance scale into the timestep embedding
+(pipelines/guidance.py); both start at zero, so the student starts as the teacher's conditional
+pass. Teacher = the same UNet with the LoRA disabled and no scale embedding. Target =
+uncond + s * (cond - uncond), s ~ U[1, max_scale] per sample, the unconditional prompt "" (so
+distilled mode has no negative prompt). Loss: squared error on the UNet output, divided per sample
+by the target's mean square ("relative": high scales would otherwise dominate; --loss mse).
 
 Training states (where the UNet is evaluated):
 - "trajectories": the teacher's own CFG sampling runs (DDIM, a random step count and scale per
@@ -67,6 +69,7 @@ class DistillConfig:
     targets: tuple[str, ...] = G.LORA_TARGETS
     data: str = "trajectories"
     loss: str = "relative"  # see LOSSES
+    lora_gain: str = G.LORA_GAIN  # the LoRA branch times s - 1 (see pipelines/guidance.py)
     batch_size: int = 8
     lr: float = 5e-4
     warmup: int = 50  # steps of linear lr warm-up (each run)
@@ -86,6 +89,8 @@ class DistillConfig:
             raise ValueError(f"data must be one of {DATA_MODES}, got {self.data!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.lora_gain not in G.LORA_GAINS:
+            raise ValueError(f"lora_gain must be one of {G.LORA_GAINS}, got {self.lora_gain!r}")
         if self.steps is None and self.minutes is None:
             raise ValueError("give steps, minutes or both")
         if self.max_scale <= 1.0:
@@ -153,10 +158,11 @@ def teacher_guided(unet, latents, t, cond, uncond, scales) -> torch.Tensor:
     return uncond_out + scales.float().view(-1, 1, 1, 1) * (cond_out - uncond_out)
 
 
-def student_output(unet, latents, t, cond, scales, embedding_dim: int) -> torch.Tensor:
-    """One pass with the adapter on and the scales embedded (s - 1) into the timestep embedding."""
+def student_output(unet, latents, t, cond, scales, embedding_dim: int, gain_rule: str = G.LORA_GAIN) -> torch.Tensor:
+    """One pass with the adapter on (its branch times g(s)) and s - 1 embedded into the timestep embedding."""
     timestep_cond = G.guidance_embedding(scales, embedding_dim, device=latents.device, dtype=latents.dtype)
-    return unet(latents, t, encoder_hidden_states=cond, timestep_cond=timestep_cond).sample
+    with G.scaled_lora(unet, G.lora_gain(scales, gain_rule)):
+        return unet(latents, t, encoder_hidden_states=cond, timestep_cond=timestep_cond).sample
 
 
 def distillation_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "relative") -> torch.Tensor:
@@ -330,13 +336,13 @@ def validation_states(pipeline, prompts: PromptSampler, uncond, config: DistillC
 
 
 @torch.no_grad()
-def validation_error(unet, states: Batch, embedding_dim: int, chunk: int = 32) -> dict:
+def validation_error(unet, states: Batch, embedding_dim: int, gain_rule: str = G.LORA_GAIN, chunk: int = 32) -> dict:
     """Mean relative error of the student on the validation states, per scale and overall."""
     errors = []
     for i in range(0, states.latents.shape[0], chunk):
         part = slice(i, i + chunk)
         out = student_output(unet, states.latents[part], states.t[part], states.cond[part], states.scales[part],
-                             embedding_dim)
+                             embedding_dim, gain_rule)
         errors.append(relative_error(out, states.target[part]))
     errors = torch.cat(errors).cpu()
     result = {f"s={scale:g}": round(float(errors[states.scales.cpu() == scale].mean()), 4) for scale in VALIDATION_SCALES}
@@ -385,10 +391,11 @@ def prepare_student(unet, out: Path, config: DistillConfig) -> dict:
     record = {}
     if not config.fresh and (out / G.CONFIG_FILE).is_file():
         record = G.read_guidance_config(out)
-        saved = (int(record["rank"]), int(record["embedding_dim"]))
-        if saved != (config.rank, config.embedding_dim):
-            raise ValueError(f"{out} holds an adapter of rank {saved[0]} and embedding size {saved[1]}; this run "
-                             f"asks for {config.rank} and {config.embedding_dim}: pass the same, or --fresh to start over")
+        saved = (int(record["rank"]), int(record["embedding_dim"]), record.get("lora_gain", G.LORA_GAIN))
+        asked = (config.rank, config.embedding_dim, config.lora_gain)
+        if saved != asked:
+            raise ValueError(f"{out} holds an adapter with (rank, embedding size, LoRA gain) {saved}; this run asks "
+                             f"for {asked}: pass the same, or --fresh to start over")
         G.attach_guidance_adapter(unet, out)
     else:
         G.add_guidance_projection(unet, config.embedding_dim)
@@ -451,10 +458,11 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
 
     def checkpoint() -> dict:
         unet.eval()
-        val = validation_error(unet, validation, config.embedding_dim)
+        val = validation_error(unet, validation, config.embedding_dim, config.lora_gain)
         unet.train()
         meta = {
-            "base_model": base_model, "scale_range": [G.MIN_SCALE, config.max_scale], "steps": step, "minutes": round(spent + (time.perf_counter() - started) / 60, 2),
+            "base_model": base_model, "scale_range": [G.MIN_SCALE, config.max_scale], "lora_gain": config.lora_gain,
+            "loss": config.loss, "steps": step, "minutes": round(spent + (time.perf_counter() - started) / 60, 2),
             "data": config.data, "lr": config.lr, "batch_size": config.batch_size,
             "sample_steps": list(config.sample_steps), "hardware": hardware(),
             "prediction_type": pipeline.scheduler.config.get("prediction_type", "epsilon"),
@@ -474,7 +482,8 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
             batch = data.next()
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * min(1.0, (step - done + 1) / max(1, config.warmup))
-            pred = student_output(unet, batch.latents, batch.t, batch.cond, batch.scales, config.embedding_dim)
+            pred = student_output(unet, batch.latents, batch.t, batch.cond, batch.scales, config.embedding_dim,
+                                  config.lora_gain)
             loss = distillation_loss(pred, batch.target, config.loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -564,6 +573,9 @@ def add_distill_command(subparsers) -> argparse.ArgumentParser:
                    help="shapes-world prompts and images (automatic for the embedded model; use for its copies)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
     p.add_argument("--lr", type=float, default=defaults.lr, help="default %(default)s")
+    p.add_argument("--loss", choices=LOSSES, default=defaults.loss, help="default %(default)s")
+    p.add_argument("--lora-gain", choices=G.LORA_GAINS, default=defaults.lora_gain,
+                   help="scale-1: the LoRA branch times s - 1 (default); one: unscaled")
     p.add_argument("--max-scale", type=float, default=defaults.max_scale,
                    help="train for guidance scales in [1, this] (default %(default)s)")
     p.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim, help="default %(default)s")
@@ -584,7 +596,8 @@ def run_distill_command(args) -> int:
     config = DistillConfig(
         steps=steps, minutes=args.minutes, rank=args.rank, alpha=args.alpha,
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), data=args.data,
-        batch_size=args.batch_size, lr=args.lr, max_scale=args.max_scale, embedding_dim=args.embedding_dim,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, lora_gain=args.lora_gain, max_scale=args.max_scale,
+        embedding_dim=args.embedding_dim,
         pool=args.pool, ckpt_minutes=args.ckpt_minutes, seed=args.seed, fresh=args.fresh,
         gradient_checkpointing=args.gradient_checkpointing)
     meta = distill_model(args.model, args.out, config, prompts_file=args.prompts,
