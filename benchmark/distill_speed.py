@@ -79,7 +79,8 @@ def per_step_relative_error(pipeline, prompts: list[str], scale: float, steps: i
     sampler.set_timesteps(steps, device=device)
     cond = torch.cat([pipeline.encode_prompt(p) for p in prompts])
     uncond = pipeline.encode_prompt("").expand_as(cond)
-    latents = torch.cat([pipeline.initial_noise(seed + i, *reversed(pipeline.default_size)) for i in range(len(prompts))])
+    width, height = pipeline.default_size
+    latents = torch.cat([pipeline.initial_noise(seed + i, height, width) for i in range(len(prompts))])
     latents = latents * sampler.init_noise_sigma
     errors = []
     for t in sampler.timesteps:
@@ -156,7 +157,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--plans", type=int, default=8, help="shapes-world plans for PSNR and detector")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shapes-world", action="store_true",
-                        help="shapes-world prompts for the error (automatic for the embedded model; use for its copies)")
+                        help="shapes-world prompts for the error (automatic for the embedded model; for its copies)")
     parser.add_argument("--device")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args(argv)
@@ -183,7 +184,8 @@ def main(argv=None) -> dict:
 
     evals = result["unet_evals_per_edit"]
     print(f"model {args.model} ({result['adapter']}, {result['adapter_steps']} training steps), {args.steps} steps, "
-          f"s={args.guidance_scale:g}, image {session.size[0]}x{session.size[1]}, torch threads {torch.get_num_threads()}")
+          f"s={args.guidance_scale:g}, image {session.size[0]}x{session.size[1]}, "
+          f"torch threads {torch.get_num_threads()}")
     print(f"UNet evaluations per edit: CFG {evals['cfg']}, distilled {evals['distilled']} "
           f"(ratio {evals['distilled'] / evals['cfg']:.2f})")
     median = result["median_edit_seconds"]

@@ -181,7 +181,8 @@ def _save_lora(unet, path: Path) -> None:
     config = {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
     tensors = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in tensors.items()}
-    save_file(tensors, str(path), metadata={"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(config, sort_keys=True)})
+    metadata = {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(config, sort_keys=True)}
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def _swap_in(tmp: Path, folder: Path) -> None:
@@ -257,8 +258,9 @@ class GuidanceAdapter:
     def check_scale(self, guidance_scale: float) -> None:
         high = self.scale_range[1]
         if guidance_scale > high + 1e-6:
-            raise ValueError(f"the guidance adapter was trained for guidance_scale up to {high:g}, got {guidance_scale:g}; "
-                             "lower it, use guidance='cfg', or retrain with `python -m training distill --max-scale`")
+            raise ValueError(f"the guidance adapter was trained for guidance_scale up to {high:g}, got "
+                             f"{guidance_scale:g}; lower it, use guidance='cfg', or retrain with "
+                             "`python -m training distill --max-scale`")
 
     def embedding(self, guidance_scale: float, batch: int, device, dtype) -> torch.Tensor:
         return guidance_embedding(guidance_scale, int(self.meta["embedding_dim"]), batch=batch, device=device,

@@ -33,12 +33,11 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -187,9 +186,12 @@ class Batch:
     scales: torch.Tensor  # [B] guidance scales
     target: torch.Tensor  # [B, C, h, w] teacher CFG output (float32)
 
+    def rows(self, index) -> Batch:
+        return Batch(*(getattr(self, f.name)[index] for f in fields(self)))
 
-def _cat(items: list[Batch]) -> Batch:
-    return Batch(*(torch.cat([getattr(b, name) for b in items]) for name in ("latents", "t", "cond", "scales", "target")))
+    @staticmethod
+    def cat(items: Sequence[Batch]) -> Batch:
+        return Batch(*(torch.cat([getattr(b, f.name) for b in items]) for f in fields(Batch)))
 
 
 class TeacherTrajectories:
@@ -231,11 +233,9 @@ class TeacherTrajectories:
         steps = int(self.rng.integers(cfg.sample_steps[0], cfg.sample_steps[1] + 1))
         scales = self.rng.uniform(G.MIN_SCALE, cfg.max_scale, n)
         states = self.run(self.prompts(self.rng, n), scales, steps, int(self.rng.integers(2**31)))
-        merged = _cat(states)
+        merged = Batch.cat(states)
         order = torch.from_numpy(self.rng.permutation(merged.latents.shape[0]))
-        self.buffer = [Batch(*(getattr(merged, name)[order[i:i + cfg.batch_size]]
-                               for name in ("latents", "t", "cond", "scales", "target")))
-                       for i in range(0, len(order), cfg.batch_size)]
+        self.buffer = [merged.rows(order[i:i + cfg.batch_size]) for i in range(0, len(order), cfg.batch_size)]
 
     def next(self) -> Batch:
         pieces, rows = [], 0
@@ -245,9 +245,7 @@ class TeacherTrajectories:
             piece = self.buffer.pop()
             pieces.append(piece)
             rows += piece.latents.shape[0]
-        batch = _cat(pieces)
-        return Batch(*(getattr(batch, name)[:self.config.batch_size]
-                       for name in ("latents", "t", "cond", "scales", "target")))
+        return Batch.cat(pieces).rows(slice(0, self.config.batch_size))
 
 
 class ForwardNoised:
@@ -332,7 +330,7 @@ def validation_states(pipeline, prompts: PromptSampler, uncond, config: DistillC
     states = []
     for index, scale in enumerate(VALIDATION_SCALES):
         states += source.run(texts, [scale] * len(texts), VALIDATION_STEPS, seed=1000 + index)
-    return _cat(states)
+    return Batch.cat(states)
 
 
 @torch.no_grad()
@@ -345,7 +343,8 @@ def validation_error(unet, states: Batch, embedding_dim: int, gain_rule: str = G
                              embedding_dim, gain_rule)
         errors.append(relative_error(out, states.target[part]))
     errors = torch.cat(errors).cpu()
-    result = {f"s={scale:g}": round(float(errors[states.scales.cpu() == scale].mean()), 4) for scale in VALIDATION_SCALES}
+    scales = states.scales.cpu()
+    result = {f"s={scale:g}": round(float(errors[scales == scale].mean()), 4) for scale in VALIDATION_SCALES}
     result["mean"] = round(float(errors.mean()), 4)
     return result
 
