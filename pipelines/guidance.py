@@ -75,6 +75,20 @@ def guidance_embedding(scale: float | torch.Tensor, dim: int = EMBEDDING_DIM, *,
     return embedding.to(device=device, dtype=dtype)
 
 
+def as_epsilon(output: torch.Tensor, sample: torch.Tensor, alpha_cumprod: torch.Tensor, prediction_type: str):
+    """The noise prediction behind a UNet output: eps itself, or from v (eps = sqrt(a) v + sqrt(1 - a) x_t).
+
+    CFG is linear in either space, so eps of the guided v is the guided eps; errors are compared in eps,
+    the space the distillation papers report, whatever the model predicts.
+    """
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type != "v_prediction":
+        raise ValueError(f"relative errors are defined for epsilon and v_prediction models, not {prediction_type!r}")
+    alpha = alpha_cumprod.to(output.device, torch.float32).reshape(-1, *[1] * (output.ndim - 1))
+    return alpha.sqrt() * output.float() + (1 - alpha).sqrt() * sample.float()
+
+
 def lora_gain(scale: float | torch.Tensor, rule: str = LORA_GAIN) -> torch.Tensor:
     """g(s), the factor on the LoRA branch (one per scale)."""
     if rule not in LORA_GAINS:

@@ -12,6 +12,7 @@ from benchmark import shapes_world as sw
 from benchmark.detector import detect
 from editor import Session
 from pipelines import EMBEDDED_MODEL_DIR, masks
+from training.evaluate import heldout_edit
 
 pytestmark = pytest.mark.slow
 
@@ -42,16 +43,6 @@ def test_generate_then_edit_keeps_every_pixel_outside_the_mask(session):
     assert session.size == (64, 64)
     assert np.array_equal(np.asarray(session.image)[outside], background[outside])
     assert not np.array_equal(np.asarray(session.image), background)
-
-
-def heldout_edit(seed: int):
-    """A background and one held-out (colour, shape) edit in a random box, from a seed."""
-    rng = np.random.default_rng(1000 + seed)
-    while True:
-        background = str(rng.choice(sw.BACKGROUNDS))
-        colour, shape = str(rng.choice(list(sw.COLOURS))), str(rng.choice(sw.SHAPES))
-        if sw.is_held_out(colour, shape, background):
-            return background, colour, shape, sw.random_box(rng, 64)
 
 
 def test_requested_colour_appears_inside_the_box_at_the_measured_rate(session):

@@ -90,3 +90,44 @@ def test_vae_and_unet_tiny_train_save_resume(tmp_path):
     lat = torch.randn(1, 4, 8, 8)
     assert _outputs_equal(unet, UNet2DConditionModel.from_pretrained(str(tmp_path / "unet2")).eval(), lat,
                           timestep=torch.tensor([500]), encoder_hidden_states=enc)
+
+
+def test_regional_training_routes_like_an_mqd_edit():
+    """Training's batched maps equal the pipeline's MQD maps, and object pixels always hear their own phrase."""
+    import numpy as np
+    import torch
+
+    from benchmark import shapes_world as sw
+    from pipelines.attention import RegionMaps
+    from training import regional
+
+    rng = np.random.default_rng(3)
+    scene = sw.sample_scene(rng, size=64, n_objects=3, split="train")
+    prompts, owners = regional.region_layout(scene, rng, 64)
+    assert prompts[0] == sw.caption(scene.background, []) and len(prompts) == 4
+    for index, (obj, mask) in enumerate(zip(scene.objects, scene.masks), start=1):
+        assert prompts[index] == sw.object_prompt(obj.colour, obj.shape)
+        assert (owners[mask] == index).all()
+    plain = np.zeros_like(owners)
+    batched = regional.batched_allowed(torch.from_numpy(np.stack([owners, plain])), 20, 16)
+    for length, allowed in batched.items():
+        assert torch.equal(allowed[0:1], RegionMaps(owners, 4, 20, (16, 16)).allowed(length, torch.device("cpu")))
+        assert allowed[1, 0, :, :20].all() and not allowed[1, 0, :, 20:].any()  # plain = region 0 only
+
+
+def test_a_plain_sample_under_the_regional_processor_equals_plain_attention():
+    import torch
+
+    from tests.tiny_models import tiny_pipeline
+    from training import regional
+
+    unet = tiny_pipeline().unet.eval()
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    caption = torch.randn(1, 20, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    padded = torch.cat([caption, torch.randn(1, 60, caption.shape[-1])], dim=1)
+    with torch.no_grad():
+        expected = unet(latents, 10, encoder_hidden_states=caption).sample
+        routing = regional.install(unet)
+        routing.allowed = regional.batched_allowed(torch.zeros(1, 64, 64, dtype=torch.long), 20, 16)
+        routed = unet(latents, 10, encoder_hidden_states=padded).sample
+    torch.testing.assert_close(routed, expected, atol=1e-5, rtol=1e-5)

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.skipif(
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-STROKE = ((0.3, 0.35), (0.65, 0.6))  # start and end of the painted stroke, as fractions of the image
+# A rough scribble covering an area, as a user paints where an object should go: fractions of the image.
+STROKE = ((0.3, 0.3), (0.7, 0.35), (0.3, 0.45), (0.7, 0.5), (0.3, 0.6), (0.65, 0.68))
 
 
 def free_port() -> int:
@@ -73,10 +74,11 @@ def image_rect(page, image_size, scale):
     return box["x"] + (box["width"] - width) / 2, box["y"] + (box["height"] - height) / 2, width, height
 
 
-def paint_stroke(page, rect, start, end, steps=10):
+def paint_stroke(page, rect, path, steps=10):
+    """Drag the mouse along the polyline `path` (fractions of the image) with the button held."""
     left, top, width, height = rect
-    points = [(left + width * (start[0] + (end[0] - start[0]) * k / steps),
-               top + height * (start[1] + (end[1] - start[1]) * k / steps)) for k in range(steps + 1)]
+    points = [(left + width * (a[0] + (b[0] - a[0]) * k / steps), top + height * (a[1] + (b[1] - a[1]) * k / steps))
+              for a, b in zip(path, path[1:]) for k in range(steps + 1)]
     page.mouse.move(*points[0])
     page.mouse.down()
     for point in points[1:]:
@@ -115,7 +117,7 @@ def test_paint_a_stroke_and_edit_in_the_browser(server, page, tmp_path):
     page.wait_for_function("document.querySelector('#status').innerText.includes('1 layer')", timeout=120_000)
 
     page.wait_for_timeout(500)  # the editor lays its canvas out after the image arrives
-    paint_stroke(page, image_rect(page, size, scale), *STROKE)
+    paint_stroke(page, image_rect(page, size, scale), STROKE)
     page.fill("#prompt textarea", "a red star")
     page.click("#edit")
     page.wait_for_function("document.querySelector('#status').innerText.includes('2 layers')", timeout=120_000)
@@ -143,7 +145,12 @@ def test_paint_a_stroke_and_edit_in_the_browser(server, page, tmp_path):
         if difference <= 8:
             break
         page.wait_for_timeout(1000)
-    assert difference <= 8, "the canvas does not show the edited image"
+    if difference > 8:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "ui-failed.png", full_page=True)
+        np.save(ARTIFACTS / "ui-failed-canvas.npy", shown)
+        np.save(ARTIFACTS / "ui-failed-expected.npy", np.asarray(layers[-1].image))
+    assert difference <= 8, f"the canvas does not show the edited image (max difference {difference})"
     page.mouse.move(5, 5)  # no hover highlight in the screenshot
     page.wait_for_timeout(500)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -157,13 +164,13 @@ def test_paint_a_stroke_and_edit_in_the_browser(server, page, tmp_path):
     changed = (before != after).any(axis=2)
     assert changed.any() and not (changed & ~mask).any(), "the edit changed pixels outside the painted stroke"
     # The mask is the stroke: every masked pixel lies near the stroke's path, and the path is masked.
-    width, height = size
-    a = np.array([STROKE[0][0] * width, STROKE[0][1] * height])
-    b = np.array([STROKE[1][0] * width, STROKE[1][1] * height])
+    path = np.array(STROKE) * np.array(size)
     rows, cols = np.nonzero(mask)
     centres = np.stack([cols + 0.5, rows + 0.5], axis=1)
     brush_radius = app.brush_size(scale) / scale  # in image px
-    assert distance_to_segment(centres, a, b).max() <= brush_radius + 1.5
-    for t in np.linspace(0.1, 0.9, 9):
-        x, y = a + t * (b - a)
-        assert mask[int(y), int(x)], f"the stroke's path at {x:.1f},{y:.1f} is not in the mask"
+    nearest = np.min([distance_to_segment(centres, a, b) for a, b in zip(path, path[1:])], axis=0)
+    assert nearest.max() <= brush_radius + 1.5
+    for a, b in zip(path, path[1:]):
+        for t in np.linspace(0.1, 0.9, 9):
+            x, y = a + t * (b - a)
+            assert mask[int(y), int(x)], f"the stroke's path at {x:.1f},{y:.1f} is not in the mask"

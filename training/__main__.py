@@ -53,6 +53,7 @@ def main(argv=None):
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--edits", type=int, default=100, help="held-out masked edits through Session")
     p.add_argument("--out", default=None, help="results folder (default <repo>/runs/eval)")
     p = sub.add_parser("assemble", help="write model_index.json (+ scheduler, tokenizer)")
     p.add_argument("--out", default=str(C.EMBEDDED_DIR))
@@ -85,7 +86,7 @@ def main(argv=None):
         from .evaluate import evaluate
 
         print(json.dumps(evaluate(model_dir=a.model, n=a.samples, cfg=a.cfg, steps=a.steps, threads=a.threads,
-                                  out_dir=a.out), indent=2))
+                                  out_dir=a.out, edits=a.edits), indent=2))
     elif a.cmd == "assemble":
         from .assemble import assemble
 

@@ -334,19 +334,35 @@ def validation_states(pipeline, prompts: PromptSampler, uncond, config: DistillC
 
 
 @torch.no_grad()
-def validation_error(unet, states: Batch, embedding_dim: int, gain_rule: str = G.LORA_GAIN, chunk: int = 32) -> dict:
-    """Mean relative error of the student on the validation states, per scale and overall."""
-    errors = []
+def validation_error(unet, states: Batch, embedding_dim: int, gain_rule: str = G.LORA_GAIN, chunk: int = 32,
+                     scheduler_config=None) -> dict:
+    """Mean relative error of the student on the validation states, per scale and overall.
+
+    In eps space (derived from v for v-prediction models, see guidance.as_epsilon) when `scheduler_config` is
+    given, plus the raw UNet output's error under "output"; else the raw output's error only.
+    """
+    errors, output_errors = [], []
     for i in range(0, states.latents.shape[0], chunk):
         part = slice(i, i + chunk)
         out = student_output(unet, states.latents[part], states.t[part], states.cond[part], states.scales[part],
                              embedding_dim, gain_rule)
-        errors.append(relative_error(out, states.target[part]))
-    errors = torch.cat(errors).cpu()
+        output_errors.append(relative_error(out, states.target[part]))
+        if scheduler_config is not None:
+            alphas = make_scheduler("ddim", scheduler_config).alphas_cumprod[states.t[part].cpu()]
+            kind, sample = scheduler_config["prediction_type"], states.latents[part]
+            errors.append(relative_error(G.as_epsilon(out, sample, alphas, kind),
+                                         G.as_epsilon(states.target[part], sample, alphas, kind)))
     scales = states.scales.cpu()
-    result = {f"s={scale:g}": round(float(errors[scales == scale].mean()), 4) for scale in VALIDATION_SCALES}
-    result["mean"] = round(float(errors.mean()), 4)
-    return result
+
+    def summary(values) -> dict:
+        values = torch.cat(values).cpu()
+        result = {f"s={scale:g}": round(float(values[scales == scale].mean()), 4) for scale in VALIDATION_SCALES}
+        result["mean"] = round(float(values.mean()), 4)
+        return result
+
+    if scheduler_config is None:
+        return summary(output_errors)
+    return summary(errors) | {"output": summary(output_errors)}
 
 
 # ----------------------------------------------------------------------------------------------- optimizer state
@@ -457,7 +473,8 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
 
     def checkpoint() -> dict:
         unet.eval()
-        val = validation_error(unet, validation, config.embedding_dim, config.lora_gain)
+        val = validation_error(unet, validation, config.embedding_dim, config.lora_gain,
+                               scheduler_config=pipeline.scheduler.config)
         unet.train()
         meta = {
             "base_model": base_model, "scale_range": [G.MIN_SCALE, config.max_scale], "lora_gain": config.lora_gain,

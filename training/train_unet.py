@@ -4,7 +4,8 @@ Data: a pool of encoded scenes (posterior means * scaling_factor); every step `r
 with freshly drawn + encoded scenes, so encoding cost is amortised while data stays effectively unlimited.
 Captions: 10% "" (the CFG null prompt), ~30% objects-only ("a red star and a blue house"), else the full caption;
 ~10% of scenes have no object ("a grass background"). 1-object curriculum for the first `curriculum_steps` steps.
-Loss: v-prediction MSE with min-SNR-5 weighting. AdamW + warmup + cosine over the time budget, EMA 0.999.
+Loss: v-prediction MSE with min-SNR-5 weighting; latent cells covered by an object (dilated by one cell) weigh
+OBJECT_LOSS_WEIGHT times more, because objects cover ~10% of a scene yet carry all of the shape information. AdamW + warmup + cosine over the time budget, EMA 0.999.
 Checkpoints (EMA weights) go atomically into assets/embedded/{unet,text_encoder}; runs/unet_ckpt.pt keeps raw
 weights, optimizer and EMA state. A fresh machine resumes from the committed EMA weights (new optimizer).
 """
@@ -20,11 +21,14 @@ from tqdm import tqdm
 
 from . import configs as C
 from .common import EMA, arch_key, Timer, atomic_save_pretrained, atomic_torch_save, hardware, lr_at, read_state, to_tensor, update_state, world
+from . import regional
 from .tokenizer import load_tokenizer, tokenize
 
 P_DROP = 0.10  # caption -> "" (unconditional)
 P_OBJECTS_ONLY = 0.30  # caption -> objects only
 P_BACKGROUND_ONLY = 0.10  # scenes without objects
+P_REGIONAL = 0.5  # captioned object scenes conditioned like an MQD edit (training/regional.py)
+OBJECT_LOSS_WEIGHT = 4.0  # loss weight of object cells relative to background cells
 
 
 def objects_caption(objects) -> str:
@@ -51,12 +55,14 @@ class LatentPool:
         self.dev = next(vae.parameters()).device
         self.sf = float(vae.config.scaling_factor)
         self.scenes: list = []
-        lat = []
+        lat, wts = [], []
         for i in range(0, size, bs):
             sc = self._draw(min(bs, size - i))
             self.scenes += sc
             lat.append(self._encode(sc))
+            wts.append(self._weights(sc, lat[-1].shape[-1]))
         self.latents = torch.cat(lat)
+        self.weights = torch.cat(wts)
 
     def _draw(self, n: int):
         sw = world()
@@ -71,24 +77,59 @@ class LatentPool:
         x = to_tensor([s.image for s in scenes]).to(self.dev)
         return self.vae.encode(x).latent_dist.mean * self.sf
 
+    def _weights(self, scenes, latent_size: int) -> torch.Tensor:
+        """Per-cell loss weights (n, 1, h, w): 1 on background, 1 + OBJECT_LOSS_WEIGHT on (dilated) objects."""
+        masks = np.zeros((len(scenes), 1, self.image_size, self.image_size), dtype=np.float32)
+        for k, s in enumerate(scenes):
+            for m in s.masks:
+                masks[k, 0] = np.maximum(masks[k, 0], m.astype(np.float32))
+        cells = F.adaptive_max_pool2d(torch.from_numpy(masks), latent_size)
+        cells = F.max_pool2d(cells, 3, stride=1, padding=1)
+        return (1.0 + OBJECT_LOSS_WEIGHT * cells).to(self.dev)
+
     def refresh(self, n: int) -> None:
         if n <= 0:
             return
         idx = self.rng.choice(len(self.scenes), size=n, replace=False)
         sc = self._draw(n)
         self.latents[torch.as_tensor(idx)] = self._encode(sc)
+        self.weights[torch.as_tensor(idx)] = self._weights(sc, self.latents.shape[-1])
         for j, s in zip(idx, sc):
             self.scenes[j] = s
 
     def batch(self, bs: int):
+        """Latents, per-sample region prompts (background first), owner maps [B, H, W] and loss weights.
+
+        A plain sample is its caption in region 0 owning every pixel; a regional one routes like an MQD edit.
+        """
         idx = self.rng.choice(len(self.scenes), size=bs, replace=False)
-        return self.latents[torch.as_tensor(idx)], [choose_caption(self.scenes[j], self.rng) for j in idx]
+        prompts, owners = [], np.zeros((bs, self.image_size, self.image_size), dtype=np.int64)
+        for k, j in enumerate(idx):
+            scene = self.scenes[j]
+            caption = choose_caption(scene, self.rng)
+            if caption and scene.objects and self.rng.random() < P_REGIONAL:
+                region_prompts, owners[k] = regional.region_layout(scene, self.rng, self.image_size)
+            else:
+                region_prompts = [caption]
+            prompts.append(region_prompts + [""] * (regional.MAX_REGIONS - len(region_prompts)))
+        index = torch.as_tensor(idx)
+        return self.latents[index], prompts, torch.from_numpy(owners), self.weights[index]
 
 
-def diffusion_loss(unet, text_encoder, tokenizer, noise_sched, latents, captions, gen=None, snr_gamma=5.0):
+def diffusion_loss(unet, text_encoder, tokenizer, noise_sched, latents, captions, gen=None, snr_gamma=5.0,
+                   cell_weights=None):
+    """Min-SNR weighted v/epsilon MSE; `cell_weights` (n, 1, h, w) reweights latent cells (normalised per sample).
+
+    `captions`: one string per sample, or one list of region prompts per sample (all the same length; their
+    encodings are concatenated along the token axis, as the pipeline does for MQD).
+    """
     dev = latents.device
-    ids = tokenize(tokenizer, captions).to(dev)
-    enc = text_encoder(ids)[0]
+    if isinstance(captions[0], str):
+        enc = text_encoder(tokenize(tokenizer, captions).to(dev))[0]
+    else:
+        flat = [prompt for regions in captions for prompt in regions]
+        enc = text_encoder(tokenize(tokenizer, flat).to(dev))[0]
+        enc = enc.reshape(len(captions), -1, enc.shape[-1])
     noise = torch.randn(latents.shape, generator=gen, device=dev)
     t = torch.randint(0, noise_sched.config.num_train_timesteps, (latents.shape[0],), generator=gen, device=dev)
     noisy = noise_sched.add_noise(latents, noise, t)
@@ -103,7 +144,12 @@ def diffusion_loss(unet, text_encoder, tokenizer, noise_sched, latents, captions
         w = torch.clamp(snr, max=snr_gamma) / (snr + 1)
     else:
         w = torch.clamp(snr, max=snr_gamma) / snr.clamp(min=1e-8)
-    loss = (F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3)) * w).mean()
+    err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(1, keepdim=True)
+    if cell_weights is None:
+        per_sample = err.mean((1, 2, 3))
+    else:
+        per_sample = (err * cell_weights).sum((1, 2, 3)) / cell_weights.sum((1, 2, 3))
+    loss = (per_sample * w).mean()
     return loss
 
 
@@ -208,6 +254,7 @@ def train_unet(
     if not quiet:
         print(f"[unet] pool of {pool} latents in {time.time()-t_pool:.1f}s; latent std {lp.latents.std():.3f}",
               flush=True)
+    routing = regional.install(unet)
     timer = Timer(minutes)
     step, i = step0, 0
     last_ckpt = time.time()
@@ -222,7 +269,14 @@ def train_unet(
         if quick_eval_n:
             from .evaluate import quick_gate
 
+            from editor import Session
+
+            from .evaluate import masked_edit_gate, pipeline_from_modules
+
             metrics = quick_gate(eu.to(dev), et.to(dev), tok, vae, n=quick_eval_n, image_size=image_size)
+            if not tiny:  # held-out masked edits through Session, as users make them
+                session = Session(pipeline_from_modules(eu, et, tok, vae))
+                metrics["masked_edit"] = masked_edit_gate(session, range(quick_eval_n // 2))
         info = dict(minutes=round(prior_minutes + timer.elapsed / 60, 2), hardware=hardware(), batch_size=batch_size,
                     last_loss=float(np.mean(losses[-200:])) if losses else None, heldout_quick=metrics,
                     prediction_type=noise_sched.config.prediction_type, sec_per_step=round(train_time[0] / max(i, 1), 3))
@@ -241,8 +295,9 @@ def train_unet(
             g["lr"] = lr_at(i, timer.frac, lr, warmup)
         t_step = time.time()
         lp.refresh(refresh)
-        latents, captions = lp.batch(batch_size)
-        loss = diffusion_loss(unet, te, tok, noise_sched, latents, captions, gen)
+        latents, captions, owners, cell_weights = lp.batch(batch_size)
+        routing.allowed = regional.batched_allowed(owners.to(dev), tok.model_max_length, latents.shape[-1])
+        loss = diffusion_loss(unet, te, tok, noise_sched, latents, captions, gen, cell_weights=cell_weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), 1.0)
