@@ -8,8 +8,9 @@ Student = the UNet + a LoRA (attention projections by default) whose branch is m
 (pipelines/guidance.py); both start at zero, so the student starts as the teacher's conditional
 pass. Teacher = the same UNet with the LoRA disabled and no scale embedding. Target =
 uncond + s * (cond - uncond), s ~ U[1, max_scale] per sample, the unconditional prompt "" (so
-distilled mode has no negative prompt). Loss: squared error on the UNet output, divided per sample
-by the target's mean square ("relative": high scales would otherwise dominate; --loss mse).
+distilled mode has no negative prompt). Loss: squared error of the noise prediction (eps; derived from
+v for v-prediction models), divided per sample by the target's mean square ("relative-eps": the error
+the benchmark reports; "relative" does the same on the raw UNet output; --loss mse neither).
 
 Training states (where the UNet is evaluated):
 - "trajectories": the teacher's own CFG sampling runs (DDIM, a random step count and scale per
@@ -50,9 +51,10 @@ from .common import hardware
 
 DATA_MODES = ("trajectories", "noised", "mixed")
 # "mse": plain MSE, dominated by high scales (the target grows with s); "relative": each sample's squared
-# error divided by its target's mean square, so every scale and timestep counts alike (what the
-# benchmark's relative error measures).
-LOSSES = ("relative", "mse")
+# error divided by its target's mean square, so every scale and timestep counts alike.
+# "relative-eps": the same in eps space (eps derived from v for v-prediction models): the space the error is
+# reported in; for v models it puts the effort on low noise levels, where eps-space errors are largest.
+LOSSES = ("relative-eps", "relative", "mse")
 VALIDATION_SCALES = (2.0, 4.0, 7.5)
 VALIDATION_STEPS = 20  # the pipeline's default step count
 
@@ -67,7 +69,7 @@ class DistillConfig:
     alpha: float | None = None  # LoRA alpha; None = rank (scale 1)
     targets: tuple[str, ...] = G.LORA_TARGETS
     data: str = "trajectories"
-    loss: str = "relative"  # see LOSSES
+    loss: str = "relative-eps"  # see LOSSES
     lora_gain: str = G.LORA_GAIN  # the LoRA branch times s - 1 (see pipelines/guidance.py)
     batch_size: int = 8
     lr: float = 5e-4
@@ -164,9 +166,17 @@ def student_output(unet, latents, t, cond, scales, embedding_dim: int, gain_rule
         return unet(latents, t, encoder_hidden_states=cond, timestep_cond=timestep_cond).sample
 
 
-def distillation_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "relative") -> torch.Tensor:
+def distillation_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "relative", *, sample=None,
+                      alphas=None, prediction_type: str = "epsilon") -> torch.Tensor:
+    """Per-sample squared error, averaged; "relative*" divide each by its target's mean square.
+
+    "relative-eps" needs the UNet input `sample` and the batch's alphas_cumprod to convert v to eps.
+    """
+    if kind == "relative-eps":
+        pred = G.as_epsilon(pred, sample, alphas, prediction_type)
+        target = G.as_epsilon(target, sample, alphas, prediction_type)
     squared = (pred.float() - target.float()).square().flatten(1).mean(1)
-    if kind == "relative":
+    if kind.startswith("relative"):
         squared = squared / target.float().square().flatten(1).mean(1).clamp_min(1e-6)
     return squared.mean()
 
@@ -423,6 +433,17 @@ def prepare_student(unet, out: Path, config: DistillConfig) -> dict:
     return record
 
 
+def learning_rate(config: DistillConfig, step: int, total: float, seconds: float) -> float:
+    """Linear warm-up, then cosine decay to a tenth over this run (by steps or minutes, whichever ends first).
+
+    Measured on the embedded model: at a constant rate the validation error stalls within 5 minutes.
+    """
+    warm = min(1.0, (step + 1) / max(1, config.warmup))
+    progress = min(1.0, max(step / total if math.isfinite(total) and total > 0 else 0.0,
+                            seconds / (60.0 * config.minutes) if config.minutes else 0.0))
+    return config.lr * warm * (0.1 + 0.45 * (1.0 + math.cos(math.pi * progress)))
+
+
 def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSampler, *,
             clean: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None, base_model: str = "",
             state_dir: str | Path | None = None, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -464,6 +485,8 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
         noised = ForwardNoised(pipeline, source, uncond, config, rng, refresh)
         data = noised if config.data == "noised" else Alternating(noised, trajectories)
     validation = validation_states(pipeline, prompts, uncond, config)
+    alphas_cumprod = make_scheduler("ddim", pipeline.scheduler.config).alphas_cumprod
+    prediction_type = pipeline.scheduler.config.prediction_type
 
     started, last_ckpt = time.perf_counter(), time.perf_counter()
     target_steps = config.steps if config.steps is not None else math.inf
@@ -497,10 +520,11 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
         while step < target_steps and time.perf_counter() < deadline:
             batch = data.next()
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * min(1.0, (step - done + 1) / max(1, config.warmup))
+                group["lr"] = learning_rate(config, step - done, target_steps - done, time.perf_counter() - started)
             pred = student_output(unet, batch.latents, batch.t, batch.cond, batch.scales, config.embedding_dim,
                                   config.lora_gain)
-            loss = distillation_loss(pred, batch.target, config.loss)
+            loss = distillation_loss(pred, batch.target, config.loss, sample=batch.latents,
+                                     alphas=alphas_cumprod[batch.t.cpu()], prediction_type=prediction_type)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(named), 1.0)

@@ -5,6 +5,10 @@ there is no diffusion code here. One pipeline is loaded once and shared by every
 (the pipeline serialises its own calls); each browser session has its own Session in a gr.State,
 so two tabs never see each other's layers.
 
+Every change to a browser session is autosaved (ui/autosave.py) when the app has an autosave folder; on
+page load the app offers to restore one of the newest autosaves. A closed tab's Session is freed at once
+(its autosave stays on disk).
+
 The canvas shows the image upscaled by an integer factor (nearest neighbour), so a 64x64 image
 from the embedded model is comfortable to paint on; a stroke is mapped back to image pixels by a
 nearest-neighbour resize (an image pixel is in the mask when the stroke covers its centre).
@@ -20,8 +24,10 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import warnings
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -32,6 +38,8 @@ from PIL import Image
 from editor import EditSettings, Session
 from editor import settings as settings_module
 from memory import MemoryStateError, ProjectError
+from ui.autosave import Autosave
+from ui.autosave import new_id as new_autosave_id
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,8 @@ CANVAS_TARGET = 512  # px: small images are shown upscaled by an integer factor 
 THUMBNAIL_TARGET = 128
 MAX_UI_SEED = 2**31 - 1  # random seeds are drawn below this; JavaScript numbers stay exact
 SCRATCH_MAX_AGE_S = 3600  # saved projects / exports are kept this long for the browser to download
+MAX_QUEUE = 16  # events waiting for a worker, all tabs together; beyond it a click is refused ("queue is full")
+SESSION_IDLE_TTL_S = 24 * 3600  # a tab's Session is freed after a day without a change (its autosave stays)
 
 SEED_MODES = [("session noise", "session"), ("this number", "fixed"), ("random", "random")]
 MASK_MODES = [("brush stroke", "brush"), ("bounding box of stroke", "stroke box"), ("box x0, y0, x1, y1", "box")]
@@ -268,21 +278,39 @@ def _is_ours(filename: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- handlers
+def autosaved(handler):
+    """A handler that changes its session autosaves it afterwards (its result starts with the session)."""
+
+    @functools.wraps(handler)
+    def wrapper(self, *args, **kwargs):
+        result = handler(self, *args, **kwargs)
+        self.autosave_session(result[0])
+        return result
+
+    return wrapper
+
+
 class Handlers:
     """The app's event handlers: plain functions of component values that call editor.Session.
 
     `session` is the browser session's gr.State value: None until its first action, then a
     Session on the shared pipeline. Every generating handler returns the new view (see `view`).
+    With an `autosave` folder, every handler that changes a session saves it there (`autosaved`).
     """
 
-    def __init__(self, pipeline, model: str | None = None, scratch: Path | None = None):
+    def __init__(self, pipeline, model: str | None = None, scratch: Path | None = None,
+                 autosave: Autosave | None = None):
         self.pipeline = pipeline
         self.model = model
         self.scratch = Path(scratch or tempfile.mkdtemp(prefix="layered-edit-ui-"))
+        self.autosave = autosave
+        self.live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()  # every Session made here and not freed
+        self._autosave_ids: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
 
     # -------------------------------------------------------------- state
     def new_session(self) -> Session:
-        return Session(self.pipeline, model=self.model)
+        return self._track(Session(self.pipeline, model=self.model))
 
     def session_or_new(self, session) -> Session:
         return session if session is not None else self.new_session()
@@ -318,6 +346,7 @@ class Handlers:
         return canvas_value(session.image if session is not None else None)
 
     # -------------------------------------------------------------- creating layers
+    @autosaved
     def generate(self, session, prompt, seed_mode, seed, negative_prompt, num_inference_steps, guidance_scale,
                  guidance, scheduler, free_steps_ratio, attention, background, preserve, mask_dilation,
                  mask_feather, progress=gr.Progress(track_tqdm=True)):
@@ -330,6 +359,7 @@ class Handlers:
         session.generate(prompt or "", seed=chosen, **settings)
         return (*self.view(session), session.layers[-1].seed)
 
+    @autosaved
     def edit(self, session, canvas, prompt, seed_mode, seed, mask_mode, x0, y0, x1, y1, negative_prompt,
              num_inference_steps, guidance_scale, guidance, scheduler, free_steps_ratio, attention, background,
              preserve, mask_dilation, mask_feather, progress=gr.Progress(track_tqdm=True)):
@@ -342,6 +372,7 @@ class Handlers:
         session.edit(prompt or "", mask, seed=pick_seed(seed_mode, seed), **settings)
         return (*self.view(session), session.layers[-1].seed)
 
+    @autosaved
     def replace(self, session, index, canvas, prompt, seed_mode, seed, mask_mode, x0, y0, x1, y1, negative_prompt,
                 num_inference_steps, guidance_scale, guidance, scheduler, free_steps_ratio, attention, background,
                 preserve, mask_dilation, mask_feather, progress=gr.Progress(track_tqdm=True)):
@@ -355,6 +386,7 @@ class Handlers:
         session.replace(index, prompt=prompt or None, mask=mask, seed=pick_seed(seed_mode, seed), **settings)
         return (*self.view(session, index), session.layers[index].seed)
 
+    @autosaved
     def start_from_image(self, session, photo, prompt, seed_mode, seed, negative_prompt, num_inference_steps,
                          guidance_scale, guidance, scheduler, free_steps_ratio, attention, background, preserve,
                          mask_dilation, mask_feather, progress=gr.Progress(track_tqdm=True)):
@@ -367,6 +399,7 @@ class Handlers:
         return (*self.view(session), session.layers[-1].seed)
 
     # -------------------------------------------------------------- changing the stack
+    @autosaved
     def set_visible(self, session, index, visible, progress=gr.Progress(track_tqdm=True)):
         session = self._require_image(session, "hide or show a layer")
         index = self._index(session, index)
@@ -374,6 +407,7 @@ class Handlers:
         session.set_visible(index, bool(visible))
         return self.view(session, index)
 
+    @autosaved
     def remove(self, session, index, progress=gr.Progress(track_tqdm=True)):
         session = self._require_image(session, "remove a layer")
         index = self._index(session, index)
@@ -381,12 +415,14 @@ class Handlers:
         session.remove(index)
         return self.view(session, min(index, len(session.layers) - 1))
 
+    @autosaved
     def undo(self, session):
         session = self._require_image(session, "undo")
         done = session.undo()
         gr.Info(f"undid: {done}")
         return self.view(session)
 
+    @autosaved
     def redo(self, session):
         session = self.session_or_new(session)
         done = session.redo()
@@ -418,22 +454,71 @@ class Handlers:
         session = self._require_image(session, "save")
         return str(session.save(self._scratch_file("layered-edit-project.lep")))
 
+    @autosaved
     def load(self, session, upload, progress=gr.Progress(track_tqdm=True)):
         if upload is None:
             raise ValueError("choose a .lep project file to open")
         path = Path(upload if isinstance(upload, (str, os.PathLike)) else upload.name)
         if path.suffix.lower() != ".lep":
             raise ValueError(f"{path.name} is not a layered-edit project: choose a .lep file")
-        loaded = Session.load(path, pipeline=self.pipeline)
-        if self.model is not None and loaded.model not in (None, self.model):
-            gr.Warning(f"this project was made with the model {loaded.model!r}; it is open on {self.model!r}")
-        return self.view(loaded)
+        return self.view(self._open(path))
 
     def export(self, session):
         session = self._require_image(session, "export")
         return str(export_zip(session, self._scratch_file("layered-edit-layers.zip")))
 
+    # -------------------------------------------------------------- autosave and restore
+    def autosave_session(self, session) -> None:
+        """Save `session` to the autosave folder under its own id. A failure never breaks the edit that
+        came before it: the user gets a warning and the previous autosave stays as it was."""
+        if self.autosave is None or session is None or not session.layers:
+            return
+        with self._lock:
+            session_id = self._autosave_ids.setdefault(session, new_autosave_id())
+        try:
+            self.autosave.save(session_id, session)
+        except Exception as error:  # noqa: BLE001 - any failure to autosave must leave the edit done
+            log.warning("autosave to %s failed: %s", self.autosave.folder, error)
+            gr.Warning(f"Autosave failed ({error or type(error).__name__}). The change is done but not saved to "
+                       "disk: use Save project to keep it.")
+
+    def autosave_offer(self) -> tuple:
+        """On page load: (the restore list, the restore row shown only when there is something to restore)."""
+        entries = self.autosave.entries() if self.autosave is not None else []
+        return (gr.update(choices=[(entry.label(), entry.id) for entry in entries],
+                          value=entries[0].id if entries else None),
+                gr.update(visible=bool(entries)))
+
+    @autosaved
+    def restore(self, session, choice, progress=gr.Progress(track_tqdm=True)):
+        """Open an autosaved session in this tab; it goes on autosaving under the same id."""
+        if self.autosave is None:
+            raise ValueError("autosave is off in this app")
+        if not choice:
+            raise ValueError("choose an autosaved session to restore")
+        restored = self._open(self.autosave.path(choice))  # the same untrusted-file path as an upload
+        with self._lock:
+            self._autosave_ids[restored] = choice
+        return (*self.view(restored), gr.update(visible=False))
+
+    def session_closed(self, session) -> None:
+        """gr.State's delete_callback: the tab closed (or idled past SESSION_IDLE_TTL_S); the Session is
+        dropped by gradio and freed, its autosave stays on disk."""
+        if session is not None:
+            log.info("browser session closed: %d layers freed from memory", len(session.layers))
+
     # -------------------------------------------------------------- internals
+    def _open(self, path: Path) -> Session:
+        loaded = self._track(Session.load(path, pipeline=self.pipeline))
+        if self.model is not None and loaded.model not in (None, self.model):
+            gr.Warning(f"this project was made with the model {loaded.model!r}; it is open on {self.model!r}")
+        return loaded
+
+    def _track(self, session: Session) -> Session:
+        with self._lock:
+            self.live_sessions.add(session)
+        return session
+
     def _require_image(self, session, action: str) -> Session:
         if session is None or not session.layers:
             raise MemoryStateError(f"cannot {action}: there is no image yet; generate a background or start "
@@ -467,22 +552,28 @@ def _settings_locals(values: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- the app
-def build_app(pipeline, model: str | None = None) -> gr.Blocks:
-    """The Gradio app on a loaded pipeline (shared by all browser sessions)."""
-    handlers = Handlers(pipeline, model)
+def build_app(pipeline, model: str | None = None, autosave: Autosave | None = None) -> gr.Blocks:
+    """The Gradio app on a loaded pipeline (shared by all browser sessions). With `autosave`, every change
+    of a browser session is saved there and page loads offer to restore the newest autosaves."""
+    handlers = Handlers(pipeline, model, autosave=autosave)
     defaults = EditSettings()
     width, height = pipeline.default_size
     scale = display_scale((width, height))
     guidance_modes = guidance_choices(pipeline)
     with gr.Blocks(title="layered-edit", delete_cache=(3600, 3600), analytics_enabled=False) as demo:
-        state = gr.State(None)
+        state = gr.State(None, time_to_live=SESSION_IDLE_TTL_S, delete_callback=handlers.session_closed)
         gr.Markdown("## layered-edit\nEvery edit is a layer: paint a mask, describe what goes there, click "
                     "**Edit in mask**. Outside the mask the image stays bit-identical; click a layer to re-edit, "
                     "hide or remove it.")
+        with gr.Row(visible=False, equal_height=True, elem_id="restore-offer") as restore_offer:
+            restore_choice = gr.Dropdown([], label="Restore last session (autosaved: time, layers, first prompt)",
+                                         elem_id="restore-choice", interactive=True, scale=4)
+            restore_button = gr.Button("Restore", variant="primary", elem_id="restore", scale=1, min_width=90)
         with gr.Row():
             with gr.Column(scale=4):
                 canvas = gr.ImageEditor(
-                    label="Canvas: paint where the edit goes", elem_id="canvas", type="numpy", image_mode="RGBA",
+                    label="Canvas: paint where the edit goes", show_label=False,  # a shown label covers the image
+                    elem_id="canvas", type="numpy", image_mode="RGBA",
                     format="png", sources=(), transforms=(), interactive=True, height=CANVAS_TARGET + 110,
                     canvas_size=(width * scale, height * scale),
                     layers=gr.LayerOptions(allow_additional_layers=False, layers=["mask"]),
@@ -587,6 +678,19 @@ def build_app(pipeline, model: str | None = None) -> gr.Blocks:
         changes_view(reset_button.click(friendly(handlers.reset), [state], view, api_name="new_session"))
         changes_view(project_upload.upload(friendly(handlers.load), [state, project_upload], view, api_name="load",
                                            **model_events))
+        changes_view(restore_button.click(friendly(handlers.restore), [state, restore_choice], [*view, restore_offer],
+                                          api_name="restore", **model_events))
+        demo.load(friendly(handlers.autosave_offer), None, [restore_choice, restore_offer], api_name="autosaves",
+                  queue=False, show_progress="hidden")
+
+        def free_closed_session(request: gr.Request):
+            """A closed (or reloaded) tab's Session is freed now rather than after gradio's hour of grace;
+            the autosave keeps it restorable. Without gradio's state holder, time_to_live still frees it."""
+            holder = getattr(demo, "state_holder", None)
+            if holder is not None and request is not None and request.session_hash:
+                holder.delete_state(request.session_hash)
+
+        demo.unload(free_closed_session)
 
         selection = [layer_select, prompt, seed_mode, seed, *settings, layer_visible]
         layer_select.input(friendly(handlers.select_layer), [state, layer_select], selection, api_name="select_layer")
@@ -606,24 +710,29 @@ def _guidance_changed(mode):
 
 
 def launch_app(demo: gr.Blocks, *, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT,
-               max_file_size: str | int = MAX_UPLOAD, prevent_thread_lock: bool = False, quiet: bool = False):
-    """Serve the app (never shared through a public link). Returns gradio's (app, local_url, share_url)."""
+               max_file_size: str | int = MAX_UPLOAD, max_queue: int = MAX_QUEUE, prevent_thread_lock: bool = False,
+               quiet: bool = False):
+    """Serve the app (never shared through a public link). Returns gradio's (app, local_url, share_url).
+
+    At most `max_queue` events wait for a worker; a click beyond that is refused at once with gradio's
+    "queue is full" message (try again) rather than waiting behind everyone else's edits."""
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the app and the model", host)
     theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
                            font_mono=["ui-monospace", "monospace"])  # no web fonts: the app works offline
-    return demo.queue(default_concurrency_limit=4).launch(
+    return demo.queue(default_concurrency_limit=4, max_size=max_queue).launch(
         server_name=host, server_port=port, share=False, show_error=True, max_file_size=max_file_size,
         prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, theme=theme, css=CSS,
         footer_links=["api"], inbrowser=False)
 
 
 def serve(model: str | None = "embedded", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          device: str | None = None) -> int:
-    """`layered-edit ui`: load the model once and serve the app until interrupted."""
+          device: str | None = None, autosave: Autosave | None = None) -> int:
+    """`layered-edit ui`: load the model once and serve the app until interrupted (autosaving to `autosave`)."""
     session = Session.from_pretrained(model, device=device)
-    demo = build_app(session.pipeline, model=session.model)
+    demo = build_app(session.pipeline, model=session.model, autosave=autosave)
     _, url, _ = launch_app(demo, host=host, port=port, prevent_thread_lock=True, quiet=True)
-    print(f"layered-edit ui: model {session.model!r} on {url} (Ctrl-C stops)", flush=True)
+    saving = f"autosaving to {autosave.folder}" if autosave is not None else "autosave off"
+    print(f"layered-edit ui: model {session.model!r} on {url}, {saving} (Ctrl-C stops)", flush=True)
     demo.block_thread()
     return 0

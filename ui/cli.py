@@ -10,6 +10,7 @@ from pathlib import Path
 
 from benchmark.cli import add_bench_command
 from training.distill import add_distill_command
+from ui.autosave import ENV_FOLDER, Autosave, default_folder
 
 DEMO_PLAN = {
     "background": "a grass background",
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     web.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     web.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    saving = web.add_mutually_exclusive_group()
+    saving.add_argument("--autosave-dir", metavar="DIR",
+                        help="folder where each browser session is saved after every change, so a restart can "
+                             f"restore it (default: ${ENV_FOLDER}, else ~/.cache/layered-edit/autosave)")
+    saving.add_argument("--no-autosave", action="store_true", help="do not autosave browser sessions")
     web.set_defaults(handler=run_ui)
 
     add_bench_command(commands)
@@ -85,7 +91,14 @@ def run_ui(args) -> int:
     """Serve the web app until interrupted; the model is loaded once and shared by all browser tabs."""
     from ui.app import serve
 
-    return serve(args.model, host=args.host, port=args.port, device=args.device)
+    return serve(args.model, host=args.host, port=args.port, device=args.device, autosave=autosave_from_args(args))
+
+
+def autosave_from_args(args) -> Autosave | None:
+    """The autosave folder the `ui` flags choose: --no-autosave, --autosave-dir, else the default folder."""
+    if args.no_autosave:
+        return None
+    return Autosave(args.autosave_dir if args.autosave_dir else default_folder())
 
 
 def main(argv: list[str] | None = None) -> int:
