@@ -201,6 +201,9 @@ def _json_copy(name: str, value: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{name} must be JSON-serialisable (no NaN or infinity): {error}") from None
 
 
+ARCHIVE_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
 def _write_archive(path: Path, members: Mapping[str, bytes]) -> None:
     if path.is_dir():
         raise ValueError(f"{path} is a directory; a {ARCHIVE_SUFFIX} project is a single file.")
@@ -209,7 +212,8 @@ def _write_archive(path: Path, members: Mapping[str, bytes]) -> None:
         with open(temp, "xb") as file:
             with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
                 for name, data in members.items():
-                    archive.writestr(name, data)
+                    # a fixed timestamp: the same project always gives the same bytes
+                    archive.writestr(zipfile.ZipInfo(name, date_time=ARCHIVE_DATE_TIME), data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)

@@ -45,8 +45,11 @@ PROJECTION_FILE = "guidance_projection.safetensors"
 CONFIG_FILE = "guidance.json"
 EMBEDDING_DIM = 256  # sinusoidal features of s - 1 (diffusers' LCM default)
 MIN_SCALE = 1.0
-MAX_SCALE = 12.0  # default upper end of the trained scale range
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections (self and cross)
+MAX_SCALE = 10.0  # default upper end of the trained scale range
+# Attention projections plus the resnet convolutions and feed-forwards (LCM-LoRA's set): on the embedded model
+# attention-only adapters stalled at a higher error than this set at the same training time.
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj", "proj_in", "proj_out",
+                "ff.net.0.proj", "ff.net.2")
 DELTA_BUFFER = "guidance_delta_weight"
 # How the LoRA branch is scaled with the guidance scale s: "scale-1" multiplies it by s - 1 (default),
 # "one" leaves it alone (the scale then acts only through the timestep embedding).

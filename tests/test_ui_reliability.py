@@ -130,7 +130,8 @@ def test_an_interrupted_autosave_keeps_the_previous_one_and_the_edit_still_succe
 
     def disk_full_part_way(archive, name, data, *args, **kwargs):
         """Write the images, then fail on the tensors, as a full disk would (autosave files only)."""
-        if str(archive.filename).startswith(str(folder)) and name == "tensors.safetensors":
+        member = getattr(name, "filename", name)  # a ZipInfo or a name
+        if str(archive.filename).startswith(str(folder)) and member == "tensors.safetensors":
             raise OSError(28, "No space left on device")
         return write(archive, name, data, *args, **kwargs)
 
