@@ -12,15 +12,18 @@ from benchmark import shapes_world as sw
 from benchmark.detector import detect
 from editor import Session
 from pipelines import EMBEDDED_MODEL_DIR, masks
-from training.evaluate import heldout_edit
+from training.evaluate import heldout_edit, heldout_prompts
 
 pytestmark = pytest.mark.slow
 
 # Fixed before looking at any result: 12 held-out edits, boxes of at least 1/9 of the image.
 EDIT_SEEDS = range(12)
-# Measured rate of the committed weights is recorded in assets/embedded/MODEL_CARD.md; this floor
-# is a regression guard below it (raise it as the model trains), not the 80% target.
-MIN_COLOUR_RATE = 0.25
+# The gate (80% colour in the box). The committed weights measure 100% on these 12 and on the
+# 100 held-out edits of `python -m training evaluate` (assets/embedded/MODEL_CARD.md).
+MIN_COLOUR_RATE = 0.8
+# Text-to-image: 12 held-out single-object captions, colour anywhere in the image (gate 90%; measured in the card).
+T2I_SEEDS = range(12)
+MIN_T2I_COLOUR_RATE = 0.9
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,14 @@ def test_generate_then_edit_keeps_every_pixel_outside_the_mask(session):
     assert session.size == (64, 64)
     assert np.array_equal(np.asarray(session.image)[outside], background[outside])
     assert not np.array_equal(np.asarray(session.image), background)
+
+
+def test_text_to_image_draws_the_requested_colour_at_the_measured_rate(session):
+    found = 0
+    for seed, (prompt, colour, shape, _) in zip(T2I_SEEDS, heldout_prompts(len(T2I_SEEDS))):
+        session.generate(prompt, seed=seed)
+        found += detect(np.asarray(session.image), (0, 0, 64, 64), colour, shape).colour_found
+    assert found / len(T2I_SEEDS) >= MIN_T2I_COLOUR_RATE
 
 
 def test_requested_colour_appears_inside_the_box_at_the_measured_rate(session):

@@ -103,18 +103,33 @@ def test_only_cross_attention_is_routed_and_processors_come_back(session):
     assert dict(session.pipeline.unet.attn_processors) == originals
 
 
-def test_processors_and_layers_are_restored_when_an_edit_raises(session):
+@pytest.mark.parametrize("fault", ["failing callback", "out of memory in the UNet"])
+def test_processors_and_layers_are_restored_when_an_edit_raises(session, monkeypatch, fault):
     session.edit("a red star", (2, 2, 16, 16))
     originals = dict(session.pipeline.unet.attn_processors)
-    layers = session.layers
+    layers, image = session.layers, np.asarray(session.image).copy()
+    callback = None
+    if fault == "failing callback":
+        def callback(pipe, step, timestep, tensors):
+            raise RuntimeError("simulated failure mid-edit")
+    else:
+        unet, forward, calls = session.pipeline.unet, session.pipeline.unet.forward, []
 
-    def fail(pipe, step, timestep, tensors):
-        raise RuntimeError("simulated failure mid-edit")
+        def forward_until_memory_runs_out(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+            return forward(*args, **kwargs)
 
-    with pytest.raises(RuntimeError, match="simulated"):
-        session.edit("a blue circle", (10, 10, 30, 30), callback_on_step_end=fail)
+        monkeypatch.setattr(unet, "forward", forward_until_memory_runs_out)
+
+    with pytest.raises((RuntimeError, torch.OutOfMemoryError), match="simulated"):
+        session.edit("a blue circle", (10, 10, 30, 30), callback_on_step_end=callback)
+    monkeypatch.undo()
     assert dict(session.pipeline.unet.attn_processors) == originals
-    assert session.layers == layers
+    assert session.layers == layers and np.array_equal(np.asarray(session.image), image)
+    session.edit("a blue circle", (10, 10, 30, 30))  # the session goes on working
+    assert len(session.layers) == len(layers) + 1
 
 
 # ---------------------------------------------------------------- modes through the Session
