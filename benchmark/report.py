@@ -164,6 +164,11 @@ def report(collected: dict, rows: dict[str, list[dict]], summary: dict, shards: 
     for method, (first, last, index) in growth.items():
         lines.append(f"- {method}: edit {index} takes {fmt(last, 's')} s vs {fmt(first, 's')} s for edit 1 "
                      f"(x{last / first:.2f}, medians over scenes).")
+    cfg, distilled = (summary.get(m, {}).get("seconds_median") for m in ("full", "distilled"))
+    if cfg and distilled:  # the same edits, settings and attention; only the guidance differs
+        lines.append(f"- Distilled vs CFG (full): {fmt(distilled, 's')} s vs {fmt(cfg, 's')} s per edit, ratio "
+                     f"{distilled / cfg:.2f}; UNet evaluations {fmt(summary['distilled']['unet_evals_mean'])} vs "
+                     f"{fmt(summary['full']['unet_evals_mean'])}.")
     peak = max((s["peak_rss_bytes"] or 0 for s in shards), default=0)
     cuda = [c.get("cuda_peak_bytes") for by_method in collected["costs"].values() for c in by_method.values()]
     cuda = [c for c in cuda if c]
