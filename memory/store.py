@@ -26,6 +26,7 @@ import stat
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Protocol
 
@@ -207,13 +208,20 @@ ARCHIVE_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 def _write_archive(path: Path, members: Mapping[str, bytes]) -> None:
     if path.is_dir():
         raise ValueError(f"{path} is a directory; a {ARCHIVE_SUFFIX} project is a single file.")
+    with atomic_file(path) as file:
+        with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name, data in members.items():
+                # a fixed timestamp: the same project always gives the same bytes
+                archive.writestr(zipfile.ZipInfo(name, date_time=ARCHIVE_DATE_TIME), data)
+
+
+@contextmanager
+def atomic_file(path: Path):
+    """A binary file that replaces `path` only once fully written and synced; on any error `path` is untouched."""
     temp = _sibling(path, "new")
     try:
         with open(temp, "xb") as file:
-            with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
-                for name, data in members.items():
-                    # a fixed timestamp: the same project always gives the same bytes
-                    archive.writestr(zipfile.ZipInfo(name, date_time=ARCHIVE_DATE_TIME), data)
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
@@ -221,6 +229,12 @@ def _write_archive(path: Path, members: Mapping[str, bytes]) -> None:
         temp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def write_file_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace `path` by `data` all at once (readers see the old file or the new one, never a part)."""
+    with atomic_file(Path(path)) as file:
+        file.write(data)
 
 
 def _write_directory(path: Path, members: Mapping[str, bytes]) -> None:

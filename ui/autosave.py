@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from memory.store import write_file_atomically
+
 log = logging.getLogger(__name__)
 
 ENV_FOLDER = "LAYERED_EDIT_AUTOSAVE_DIR"  # overrides the default folder; `ui --autosave-dir` overrides both
@@ -90,7 +92,7 @@ class Autosave:
         layers = session.layers
         summary = {"format": "layered-edit autosave", "version": 1, "saved": time.time(), "layers": len(layers),
                    "prompt": layers[0].prompt if layers else "", "model": session.model}
-        _write_atomically(self.folder / f"{session_id}.json", json.dumps(summary).encode("utf-8"))
+        write_file_atomically(self.folder / f"{session_id}.json", json.dumps(summary).encode("utf-8"))
         self.prune(keep_id=session_id)
         return path
 
@@ -167,19 +169,6 @@ def _read_summary(path: Path) -> tuple[int | None, str | None]:
     else:
         prompt = None
     return layers, prompt
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.new-{secrets.token_hex(4)}")
-    try:
-        with open(temp, "xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def _remove(path: Path) -> None:
