@@ -44,7 +44,7 @@ class RegionMaps:
     def __init__(self, owners: np.ndarray, count: int, tokens_per_region: int, latent_size: tuple[int, int]):
         self.owners, self.count, self.tokens = owners, count, tokens_per_region
         self.latent_size = latent_size
-        self.grids = _attention_grids(latent_size)
+        self.grids = attention_grids(latent_size)
         self._cache: dict[int, torch.Tensor] = {}
 
     @classmethod
@@ -66,7 +66,7 @@ class RegionMaps:
         return self._cache[query_length].to(device)
 
 
-def _attention_grids(latent_size: tuple[int, int]) -> dict[int, tuple[int, int]]:
+def attention_grids(latent_size: tuple[int, int]) -> dict[int, tuple[int, int]]:
     """Query count -> (h, w) for each UNet level: stride-2 convolutions round odd sizes up."""
     height, width = latent_size
     grids = {}
@@ -77,12 +77,12 @@ def _attention_grids(latent_size: tuple[int, int]) -> dict[int, tuple[int, int]]
         height, width = math.ceil(height / 2), math.ceil(width / 2)
 
 
-def _heads(attn, x: torch.Tensor) -> torch.Tensor:
+def split_heads(attn, x: torch.Tensor) -> torch.Tensor:
     """[batch, tokens, heads * head_dim] -> [batch, heads, tokens, head_dim]."""
     return x.view(x.shape[0], -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
 
 
-class _CrossAttentionBase:
+class RegionalProcessorBase:
     """Shared plumbing of the regional processors: reshape in, project, attend, project out.
 
     The prompt tokens are the same at every denoising step of an edit, so their keys and values
@@ -105,7 +105,7 @@ class _CrossAttentionBase:
             hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = _heads(attn, attn.to_q(hidden_states))
+        query = split_heads(attn, attn.to_q(hidden_states))
         key, value = self.keys_values(attn, encoder_hidden_states)
         out = self.attend(query, key, value)
         out = out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3]).to(query.dtype)
@@ -120,16 +120,20 @@ class _CrossAttentionBase:
         cached = self._keys_values.get(id(attn))
         if cached is not None and cached[0] is encoder_hidden_states:
             return cached[1], cached[2]
-        context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
-        key, value = _heads(attn, attn.to_k(context)), _heads(attn, attn.to_v(context))
+        key, value = self.project_keys_values(attn, encoder_hidden_states)
         self._keys_values[id(attn)] = (encoder_hidden_states, key, value)
         return key, value
+
+    @staticmethod
+    def project_keys_values(attn, encoder_hidden_states: torch.Tensor):
+        context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+        return split_heads(attn, attn.to_k(context)), split_heads(attn, attn.to_v(context))
 
     def attend(self, query, key, value) -> torch.Tensor:
         raise NotImplementedError
 
 
-class RegionalAttnProcessor(_CrossAttentionBase):
+class RegionalAttnProcessor(RegionalProcessorBase):
     """MQD in one fused call: scaled-dot-product attention with a region mask over all prompts' tokens."""
 
     def attend(self, query, key, value):
@@ -137,7 +141,7 @@ class RegionalAttnProcessor(_CrossAttentionBase):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed)
 
 
-class RegionLoopAttnProcessor(_CrossAttentionBase):
+class RegionLoopAttnProcessor(RegionalProcessorBase):
     """The reference formulation: one attention call per region, then each query keeps its region's result.
 
     Kept to check the fused processor against and to measure what fusing saves.

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.attention import _CrossAttentionBase, _attention_grids, _heads, is_cross_attention
+from pipelines.attention import RegionalProcessorBase, attention_grids, is_cross_attention
 
 MAX_REGIONS = 4  # background + up to 3 objects
 BOX_MARGIN_PX = 12  # each side of an object's box grows by up to this many pixels (edit boxes are 1/9-1/3 of 64x64)
@@ -43,14 +43,14 @@ def batched_allowed(owners: torch.Tensor, tokens: int, latent_size: int) -> dict
     one_hot = F.one_hot(owners, MAX_REGIONS).permute(0, 3, 1, 2).float()  # [B, R, H, W]
     key_owner = torch.arange(MAX_REGIONS, device=owners.device).repeat_interleave(tokens)
     allowed = {}
-    for length, size in _attention_grids((latent_size, latent_size)).items():
+    for length, size in attention_grids((latent_size, latent_size)).items():
         coverage = F.adaptive_avg_pool2d(one_hot, size)  # later regions win ties, as at inference
         query_owner = (MAX_REGIONS - 1 - coverage.flip(1).argmax(1)).flatten(1)  # [B, Q]
         allowed[length] = (query_owner[:, :, None] == key_owner[None, None, :])[:, None]
     return allowed
 
 
-class BatchRegionalAttnProcessor(_CrossAttentionBase):
+class BatchRegionalAttnProcessor(RegionalProcessorBase):
     """MQD's fused attention with per-sample region maps, set before each training step (no K/V caching)."""
 
     def __init__(self):
@@ -58,8 +58,7 @@ class BatchRegionalAttnProcessor(_CrossAttentionBase):
         self.allowed: dict[int, torch.Tensor] | None = None
 
     def keys_values(self, attn, encoder_hidden_states):
-        context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
-        return _heads(attn, attn.to_k(context)), _heads(attn, attn.to_v(context))
+        return self.project_keys_values(attn, encoder_hidden_states)  # the prompts change every step
 
     def attend(self, query, key, value):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=self.allowed[query.shape[2]])
