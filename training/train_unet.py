@@ -5,7 +5,9 @@ with freshly drawn + encoded scenes, so encoding cost is amortised while data st
 Captions: 10% "" (the CFG null prompt), ~30% objects-only ("a red star and a blue house"), else the full caption;
 ~10% of scenes have no object ("a grass background"). 1-object curriculum for the first `curriculum_steps` steps.
 Loss: v-prediction MSE with min-SNR-5 weighting; latent cells covered by an object (dilated by one cell) weigh
-OBJECT_LOSS_WEIGHT times more, because objects cover ~10% of a scene yet carry all of the shape information. AdamW + warmup + cosine over the time budget, EMA 0.999.
+1 + OBJECT_LOSS_WEIGHT, because objects cover ~10% of a scene yet carry all of the shape information.
+Half of the captioned object scenes are conditioned like an MQD edit (training/regional.py).
+AdamW + warmup + cosine over the time budget, EMA 0.999.
 Checkpoints (EMA weights) go atomically into assets/embedded/{unet,text_encoder}; runs/unet_ckpt.pt keeps raw
 weights, optimizer and EMA state. A fresh machine resumes from the committed EMA weights (new optimizer).
 """
@@ -120,16 +122,13 @@ def diffusion_loss(unet, text_encoder, tokenizer, noise_sched, latents, captions
                    cell_weights=None):
     """Min-SNR weighted v/epsilon MSE; `cell_weights` (n, 1, h, w) reweights latent cells (normalised per sample).
 
-    `captions`: one string per sample, or one list of region prompts per sample (all the same length; their
-    encodings are concatenated along the token axis, as the pipeline does for MQD).
+    `captions`: one list of region prompts per sample (all the same length); their encodings are concatenated
+    along the token axis, as the pipeline does for MQD.
     """
     dev = latents.device
-    if isinstance(captions[0], str):
-        enc = text_encoder(tokenize(tokenizer, captions).to(dev))[0]
-    else:
-        flat = [prompt for regions in captions for prompt in regions]
-        enc = text_encoder(tokenize(tokenizer, flat).to(dev))[0]
-        enc = enc.reshape(len(captions), -1, enc.shape[-1])
+    flat = [prompt for regions in captions for prompt in regions]
+    enc = text_encoder(tokenize(tokenizer, flat).to(dev))[0]
+    enc = enc.reshape(len(captions), -1, enc.shape[-1])
     noise = torch.randn(latents.shape, generator=gen, device=dev)
     t = torch.randint(0, noise_sched.config.num_train_timesteps, (latents.shape[0],), generator=gen, device=dev)
     noisy = noise_sched.add_noise(latents, noise, t)
