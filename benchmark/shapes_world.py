@@ -374,9 +374,12 @@ def _pairs(background: str, split: str) -> tuple[tuple[str, str], ...]:
 # Sampling.
 
 
-def _object_size_range(width: int, height: int) -> tuple[int, int]:
+def _object_size_range(width: int, height: int, object_px: tuple[int, int] | None = None) -> tuple[int, int]:
+    lo, hi = object_px or (OBJECT_MIN_PX, OBJECT_MAX_PX)
+    if not 4 <= lo <= hi <= REFERENCE_SIZE:
+        raise ValueError(f"object_px must be (min, max) with 4 <= min <= max <= {REFERENCE_SIZE}, got {object_px}")
     scale = min(width, height) / REFERENCE_SIZE
-    return max(4, round(OBJECT_MIN_PX * scale)), max(4, round(OBJECT_MAX_PX * scale))
+    return max(4, round(lo * scale)), max(4, round(hi * scale))
 
 
 def _box_dims(shape: str, longer: int) -> tuple[int, int]:
@@ -406,9 +409,10 @@ def _place(rng: np.random.Generator, dims: tuple[int, int], placed: list[Box], w
     return int(x0[i]), int(y0[i]), int(x0[i]) + bw, int(y0[i]) + bh
 
 
-def _place_all(rng: np.random.Generator, shapes: list[str], width: int, height: int) -> list[Box]:
+def _place_all(rng: np.random.Generator, shapes: list[str], width: int, height: int,
+               object_px: tuple[int, int] | None = None) -> list[Box]:
     """Non-overlapping boxes for `shapes`: a random size each, shrunk step by step when the image is too full."""
-    lo, hi = _object_size_range(width, height)
+    lo, hi = _object_size_range(width, height, object_px)
     gap = OBJECT_GAP_PX
     while True:  # restarts are rare (only when earlier objects leave no room even at the minimum size)
         longers = rng.integers(lo, hi + 1, size=len(shapes))
@@ -436,12 +440,13 @@ def _n_objects(rng: np.random.Generator, n_objects: int | tuple[int, int] | None
 
 
 def sample_scene(rng: np.random.Generator, size: Size = 64, n_objects: int | tuple[int, int] | None = None,
-                 split: str = "train") -> Scene:
+                 split: str = "train", object_px: tuple[int, int] | None = None) -> Scene:
     """Sample a random scene: a background and 1-3 (default) distinct (colour, shape) objects, non-overlapping.
 
     split="train" never yields a held-out (colour, shape, background) triple; split="heldout" yields only
     held-out triples (for every object); split="any" samples from all triples. n_objects is an int, an
-    inclusive (lo, hi) range, or None for DEFAULT_N_OBJECTS.
+    inclusive (lo, hi) range, or None for DEFAULT_N_OBJECTS. object_px is the (min, max) longer side of an
+    object at 64 px, default (OBJECT_MIN_PX, OBJECT_MAX_PX).
     """
     width, height = _wh(size)
     n = _n_objects(rng, n_objects)
@@ -450,7 +455,7 @@ def sample_scene(rng: np.random.Generator, size: Size = 64, n_objects: int | tup
     if n > len(pairs):
         raise ValueError(f"{n} distinct objects requested but {background!r} has {len(pairs)} {split} pairs")
     chosen = [pairs[i] for i in rng.choice(len(pairs), size=n, replace=False)]
-    boxes = _place_all(rng, [shape for _, shape in chosen], width, height)
+    boxes = _place_all(rng, [shape for _, shape in chosen], width, height, object_px)
     objects = [SceneObject(colour, shape, box) for (colour, shape), box in zip(chosen, boxes)]
     return render_scene(background, objects, size, rng)
 

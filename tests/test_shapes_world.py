@@ -75,6 +75,17 @@ def test_boxes_inside_image_sized_and_separated():
         assert len({(o.colour, o.shape) for o in scene.objects}) == len(scene.objects)
 
 
+def test_object_size_range_is_a_parameter():
+    rng = np.random.default_rng(5)
+    longer = [max(o.box[2] - o.box[0], o.box[3] - o.box[1])
+              for _ in range(200) for o in sw.sample_scene(rng, object_px=(20, 32)).objects]
+    assert min(longer) >= 20 and max(longer) <= 32
+    assert max(longer) > sw.OBJECT_MAX_PX  # larger than the default range allows
+    for bad in [(2, 10), (30, 20), (20, 80)]:
+        with pytest.raises(ValueError, match="object_px"):
+            sw.sample_scene(rng, object_px=bad)
+
+
 def test_n_objects_forms():
     rng = np.random.default_rng(4)
     assert len(sw.sample_scene(rng, n_objects=0).objects) == 0

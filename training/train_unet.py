@@ -31,6 +31,10 @@ P_OBJECTS_ONLY = 0.30  # caption -> objects only
 P_BACKGROUND_ONLY = 0.10  # scenes without objects
 P_REGIONAL = 0.5  # captioned object scenes conditioned like an MQD edit (training/regional.py)
 OBJECT_LOSS_WEIGHT = 4.0  # loss weight of object cells relative to background cells
+# Objects' longer side in training scenes (64 px units), from run 4 on. Larger than the world's default 12-28 px:
+# a 12 px star is 3x3 latent cells, too few to tell it from a heart, and edit boxes (1/9-1/3 of the image) are
+# 21-37 px anyway.
+TRAIN_OBJECT_PX = (16, 32)
 
 
 def objects_caption(objects) -> str:
@@ -71,7 +75,8 @@ class LatentPool:
         out = []
         for _ in range(n):
             k = 0 if self.rng.random() < P_BACKGROUND_ONLY else int(self.rng.integers(1, self.max_objects + 1))
-            out.append(sw.sample_scene(self.rng, size=self.image_size, n_objects=k, split="train"))
+            out.append(sw.sample_scene(self.rng, size=self.image_size, n_objects=k, split="train",
+                                       object_px=TRAIN_OBJECT_PX))
         return out
 
     @torch.no_grad()
