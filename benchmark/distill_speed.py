@@ -5,12 +5,14 @@
 
 Prints, for the same sessions and seeds:
 - UNet evaluations per edit (CFG: 2 per step; distilled: 1);
-- median edit latency distilled / CFG, edits interleaved round by round (goal <= 0.55);
+- median edit latency distilled / CFG, edits interleaved round by round (goal <= 0.55), and the same ratio
+  for one bare UNet call (batch 1 vs CFG's batch 2): the floor the edit ratio cannot go below at equal steps;
 - per-step relative error ||eps_student - eps_cfg|| / ||eps_cfg||, averaged over the steps of the teacher's
   CFG sampling runs, at s = 2, 4, 7.5 (goal <= 0.15); for v-prediction models eps is derived from v and the
   latent, and the same error of the raw v output is printed too;
 - same-seed PSNR vs CFG: backgrounds, and the edited region of masked edits on a CFG background;
-- detector success (shapes world) of the same masked edits with CFG and with the adapter.
+- detector success (shapes world) of the same masked edits with CFG and with the adapter: the requested
+  colour inside the box, and colour + shape.
 """
 
 from __future__ import annotations
@@ -64,6 +66,28 @@ def cost(session: Session, repeats: int) -> dict:
             "latency_ratio": median["distilled"] / median["cfg"]}
 
 
+@torch.no_grad()
+def unet_call_cost(pipeline, repeats: int) -> dict:
+    """Median seconds of one bare UNet call at batch 1 (distilled) and batch 2 (CFG's cond + uncond), same
+    latent size and prompt length, interleaved. On a small UNet per-call overhead makes batch 2 cost far
+    less than twice batch 1, which bounds the edit latency ratio from below."""
+    unet = pipeline.unet
+    width, height = pipeline.default_size
+    latent = pipeline.initial_noise(0, height, width)
+    text = pipeline.encode_prompt("")
+    t = pipeline.scheduler.config.num_train_timesteps // 2  # cost does not depend on t
+    times = {1: [], 2: []}
+    for round_index in range(3 + repeats * 5):
+        for batch in (1, 2) if round_index % 2 == 0 else (2, 1):
+            started = time.perf_counter()
+            unet(latent.expand(batch, -1, -1, -1), t, encoder_hidden_states=text.expand(batch, -1, -1))
+            if round_index >= 3:  # warm-up rounds are not timed
+                times[batch].append(time.perf_counter() - started)
+    median = {batch: statistics.median(values) for batch, values in times.items()}
+    return {"unet_call_seconds": {"batch1": median[1], "batch2": median[2]},
+            "unet_call_ratio": median[1] / median[2]}
+
+
 # ----------------------------------------------------------------------------------------------- per-step error
 @torch.no_grad()
 def per_step_relative_error(pipeline, prompts: list[str], scale: float, steps: int, seed: int = 0) -> dict:
@@ -111,6 +135,7 @@ def quality(session: Session, n_plans: int, seed: int) -> dict:
     """Same-seed PSNR vs CFG and detector success, on shapes-world plans (background + masked edits)."""
     psnr_background, psnr_edit = [], []
     found = {"cfg": [], "distilled": []}
+    colour_found = {"cfg": [], "distilled": []}
     for index in range(n_plans):
         plan = shapes_plan(seed, index)
         cfg_background = np.asarray(session.generate(plan.background, seed=plan.seed)).copy()
@@ -128,13 +153,17 @@ def quality(session: Session, n_plans: int, seed: int) -> dict:
                 image = np.asarray(session.image)
                 finals.setdefault(mode, []).append((image, region))
                 if edit.colour is not None:
-                    found[mode].append(metrics.detection(image, region, edit.colour, edit.shape)["shape_found"])
+                    verdict = metrics.detection(image, region, edit.colour, edit.shape)
+                    found[mode].append(verdict["shape_found"])
+                    colour_found[mode].append(verdict["colour_found"])
         for (cfg_image, region), (distilled_image, _) in zip(finals["cfg"], finals["distilled"]):
             psnr_edit.append(metrics.psnr(distilled_image, cfg_image, region))
     return {
         "psnr_background_db": _finite_mean(psnr_background),
         "psnr_edit_region_db": _finite_mean(psnr_edit),
         "detector_success": {mode: (float(np.mean(hits)) if hits else None) for mode, hits in found.items()},
+        "detector_colour_in_box": {mode: (float(np.mean(hits)) if hits else None)
+                                   for mode, hits in colour_found.items()},
         "edits": len(psnr_edit),
     }
 
@@ -163,7 +192,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=10, help="timing rounds (default %(default)s)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="for timing and quality (default 7.5)")
-    parser.add_argument("--plans", type=int, default=8, help="shapes-world plans for PSNR and detector")
+    parser.add_argument("--plans", type=int, default=20, help="shapes-world plans for PSNR and detector")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shapes-world", action="store_true",
                         help="shapes-world prompts for the error (automatic for the embedded model; for its copies)")
@@ -184,6 +213,7 @@ def main(argv=None) -> dict:
               "guidance_scale": args.guidance_scale, "torch_threads": torch.get_num_threads(),
               "device": str(pipeline.device)}
     result.update(cost(session, args.repeats))
+    result.update(unet_call_cost(pipeline, args.repeats))
     prompts = error_prompts(embedded, ERROR_PROMPTS)
     runs = {s: per_step_relative_error(pipeline, prompts, s, args.steps) for s in SCALES}
     for space, key in (("eps", "relative_error"), ("output", "relative_error_unet_output")):
@@ -200,13 +230,17 @@ def main(argv=None) -> dict:
     median = result["median_edit_seconds"]
     print(f"median edit latency: CFG {median['cfg']:.4f} s, distilled {median['distilled']:.4f} s, "
           f"distilled/CFG {result['latency_ratio']:.3f} (goal <= 0.55)")
+    call = result["unet_call_seconds"]
+    print(f"  one bare UNet call: batch 1 {call['batch1'] * 1e3:.2f} ms, batch 2 (CFG) {call['batch2'] * 1e3:.2f} ms, "
+          f"ratio {result['unet_call_ratio']:.3f} (the floor for the edit ratio at equal steps)")
     print(f"per-step relative error vs CFG, eps: {result['relative_error']} (goal <= 0.15)")
     print(f"  same for the raw UNet output ({pipeline.scheduler.config.prediction_type}): "
           f"{result['relative_error_unet_output']}")
     print(f"same-seed PSNR vs CFG: backgrounds {result['psnr_background_db']} dB, edited regions "
           f"{result['psnr_edit_region_db']} dB ({result['edits']} edits)")
-    success = result["detector_success"]
-    print(f"detector success of masked edits: CFG {success['cfg']}, distilled {success['distilled']}")
+    success, colour = result["detector_success"], result["detector_colour_in_box"]
+    print(f"detector success of masked edits ({result['edits']}): colour + shape CFG {success['cfg']}, distilled "
+          f"{success['distilled']}; colour in box CFG {colour['cfg']}, distilled {colour['distilled']}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)

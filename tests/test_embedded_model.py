@@ -18,12 +18,15 @@ pytestmark = pytest.mark.slow
 
 # Fixed before looking at any result: 12 held-out edits, boxes of at least 1/9 of the image.
 EDIT_SEEDS = range(12)
-# The gate (80% colour in the box). The committed weights measure 100% on these 12 and on the
-# 100 held-out edits of `python -m training evaluate` (assets/embedded/MODEL_CARD.md).
-MIN_COLOUR_RATE = 0.8
-# Text-to-image: 12 held-out single-object captions, colour anywhere in the image (gate 90%; measured in the card).
+# The gate: the requested object (colour and shape) inside the box in 80% of edits. The committed
+# weights measure 12/12 on these and 95% of the 100 held-out edits of `python -m training evaluate`
+# (assets/embedded/MODEL_CARD.md).
+MIN_OBJECT_RATE = 0.8
+# Text-to-image: 12 held-out single-object captions, anywhere in the image; gates 90% colour, 80% shape.
+# Measured on these 12: colour 12/12, shape 10/12 (200 captions: 99.5% and 88.5%, in the card).
 T2I_SEEDS = range(12)
 MIN_T2I_COLOUR_RATE = 0.9
+MIN_T2I_SHAPE_RATE = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +51,22 @@ def test_generate_then_edit_keeps_every_pixel_outside_the_mask(session):
     assert not np.array_equal(np.asarray(session.image), background)
 
 
-def test_text_to_image_draws_the_requested_colour_at_the_measured_rate(session):
-    found = 0
+def test_text_to_image_draws_the_requested_object_at_the_measured_rate(session):
+    colour_found = shape_found = 0
     for seed, (prompt, colour, shape, _) in zip(T2I_SEEDS, heldout_prompts(len(T2I_SEEDS))):
         session.generate(prompt, seed=seed)
-        found += detect(np.asarray(session.image), (0, 0, 64, 64), colour, shape).colour_found
-    assert found / len(T2I_SEEDS) >= MIN_T2I_COLOUR_RATE
+        verdict = detect(np.asarray(session.image), (0, 0, 64, 64), colour, shape)
+        colour_found += verdict.colour_found
+        shape_found += verdict.shape_found
+    assert colour_found / len(T2I_SEEDS) >= MIN_T2I_COLOUR_RATE
+    assert shape_found / len(T2I_SEEDS) >= MIN_T2I_SHAPE_RATE
 
 
-def test_requested_colour_appears_inside_the_box_at_the_measured_rate(session):
+def test_requested_object_appears_inside_the_box_at_the_measured_rate(session):
     found = 0
     for seed in EDIT_SEEDS:
         background, colour, shape, box = heldout_edit(seed)
         session.generate(f"a {background} background", seed=seed)
         session.edit(sw.object_prompt(colour, shape), box)
-        found += detect(np.asarray(session.image), box, colour, shape).colour_found
-    assert found / len(EDIT_SEEDS) >= MIN_COLOUR_RATE
+        found += detect(np.asarray(session.image), box, colour, shape).shape_found  # colour and shape
+    assert found / len(EDIT_SEEDS) >= MIN_OBJECT_RATE

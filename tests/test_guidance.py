@@ -205,3 +205,19 @@ def test_distill_command_line_parses():
                               "--data", "noised", "--prompts", "p.txt"])
     assert (args.steps, args.rank, args.data, args.prompts) == (5, 8, "noised", "p.txt")
     assert args.handler is D.run_distill_command
+
+
+def test_distill_speed_benchmark_prints_every_number_from_one_run(model_dir, adapter_dir, capsys):
+    from benchmark import distill_speed
+
+    result = distill_speed.main(["--model", str(model_dir), "--adapter", str(adapter_dir), "--repeats", "1",
+                                 "--steps", "2", "--plans", "1", "--shapes-world"])
+    out = capsys.readouterr().out
+    assert result["unet_evals_per_edit"] == {"cfg": 4, "distilled": 2}
+    assert 0 < result["unet_call_ratio"] and 0 < result["latency_ratio"]
+    assert set(result["relative_error"]) == {"s=2", "s=4", "s=7.5", "mean"}
+    assert all(np.isfinite(v) and v > 0 for v in result["relative_error"].values())  # a random adapter errs
+    assert result["edits"] > 0 and set(result["detector_colour_in_box"]) == {"cfg", "distilled"}
+    for line in ("UNet evaluations per edit: CFG 4, distilled 2", "one bare UNet call", "(goal <= 0.15)",
+                 "same-seed PSNR vs CFG", "colour in box CFG"):
+        assert line in out
