@@ -68,8 +68,8 @@ def cost(session: Session, repeats: int) -> dict:
 
 @torch.no_grad()
 def unet_call_cost(pipeline, repeats: int) -> dict:
-    """Median seconds of one bare UNet call at batch 1 (distilled) and batch 2 (CFG's cond + uncond), same
-    latent size and prompt length, interleaved. On a small UNet per-call overhead makes batch 2 cost far
+    """Median seconds of one bare UNet call at batch 1 (distilled) and batch 2 (CFG's cond + uncond), at the
+    pipeline's latent size with one prompt's tokens and the default attention, interleaved. On a small UNet per-call overhead makes batch 2 cost far
     less than twice batch 1, which bounds the edit latency ratio from below."""
     unet = pipeline.unet
     width, height = pipeline.default_size
@@ -134,8 +134,7 @@ def per_step_relative_error(pipeline, prompts: list[str], scale: float, steps: i
 def quality(session: Session, n_plans: int, seed: int) -> dict:
     """Same-seed PSNR vs CFG and detector success, on shapes-world plans (background + masked edits)."""
     psnr_background, psnr_edit = [], []
-    found = {"cfg": [], "distilled": []}
-    colour_found = {"cfg": [], "distilled": []}
+    verdicts = {"cfg": [], "distilled": []}
     for index in range(n_plans):
         plan = shapes_plan(seed, index)
         cfg_background = np.asarray(session.generate(plan.background, seed=plan.seed)).copy()
@@ -153,19 +152,20 @@ def quality(session: Session, n_plans: int, seed: int) -> dict:
                 image = np.asarray(session.image)
                 finals.setdefault(mode, []).append((image, region))
                 if edit.colour is not None:
-                    verdict = metrics.detection(image, region, edit.colour, edit.shape)
-                    found[mode].append(verdict["shape_found"])
-                    colour_found[mode].append(verdict["colour_found"])
+                    verdicts[mode].append(metrics.detection(image, region, edit.colour, edit.shape))
         for (cfg_image, region), (distilled_image, _) in zip(finals["cfg"], finals["distilled"]):
             psnr_edit.append(metrics.psnr(distilled_image, cfg_image, region))
     return {
         "psnr_background_db": _finite_mean(psnr_background),
         "psnr_edit_region_db": _finite_mean(psnr_edit),
-        "detector_success": {mode: (float(np.mean(hits)) if hits else None) for mode, hits in found.items()},
-        "detector_colour_in_box": {mode: (float(np.mean(hits)) if hits else None)
-                                   for mode, hits in colour_found.items()},
+        "detector_success": _rates(verdicts, "shape_found"),  # colour and shape
+        "detector_colour_in_box": _rates(verdicts, "colour_found"),
         "edits": len(psnr_edit),
     }
+
+
+def _rates(verdicts: dict[str, list[dict]], key: str) -> dict[str, float | None]:
+    return {mode: (float(np.mean([v[key] for v in found])) if found else None) for mode, found in verdicts.items()}
 
 
 def _finite_mean(values) -> float | None:
