@@ -22,6 +22,7 @@ from pipelines import EditRegion, LayeredPipeline, LayeredPipelineOutput, load_p
 from pipelines.loading import EMBEDDED
 
 from .images import to_rgb_array
+from .restack import check_layers_above, restack, visible_under
 from .settings import EditSettings
 
 MAX_SEED = 2**63 - 1
@@ -153,12 +154,15 @@ class Session:
 
     # ------------------------------------------------------------------ changing earlier layers
     def replace(self, index: int, *, prompt: str | None = None, mask=None, seed: int | None = None,
-                callback_on_step_end: Callable | None = None, **settings) -> Image.Image:
-        """Re-edit layer `index` with a new prompt, mask, seed or settings; the layers above are replayed.
+                layers_above: str = "keep", callback_on_step_end: Callable | None = None, **settings) -> Image.Image:
+        """Re-edit layer `index` with a new prompt, mask, seed or settings.
 
         Layer 0 is repainted as a background (the image size stays). Omitted arguments keep the
-        layer's own. One undoable step: undo restores the exact earlier stack.
+        layer's own. `layers_above`: "keep" (default) leaves the layers above as they were, their own
+        pixels re-composited over the new result, as in a painting program; "regenerate" runs their
+        edits again on it. One undoable step: undo restores the exact earlier stack.
         """
+        check_layers_above(layers_above)
         old = self._layer(index, "replace")
         config = EditSettings.from_dict(dict(old.settings)).updated(**settings)
         below = self.layers[:index]
@@ -172,28 +176,31 @@ class Session:
             record = self._paint_edit(old.prompt if prompt is None else prompt, binary, config, own_seed, below,
                                       callback_on_step_end)
             record = record if old.visible else record.replace(visible=False)
-        self._memory.commit(self._replay(below + (record,), self.layers[index + 1:]), f"replace layer {index}")
+        self._memory.commit(self._replay(below + (record,), self.layers[index:], layers_above), f"replace layer {index}")
         return self.image
 
-    def remove(self, index: int) -> Image.Image:
-        """Delete layer `index` (not the background); the layers above are replayed without it."""
+    def remove(self, index: int, *, layers_above: str = "keep") -> Image.Image:
+        """Delete layer `index` (not the background); `layers_above` as in replace()."""
+        check_layers_above(layers_above)
         self._layer(index, "remove")
         if index == 0:
             raise ValueError("the background cannot be removed; use replace(0, prompt=...) to repaint it")
-        self._memory.commit(self._replay(self.layers[:index], self.layers[index + 1:]), f"remove layer {index}")
+        self._memory.commit(self._replay(self.layers[:index], self.layers[index:], layers_above), f"remove layer {index}")
         return self.image
 
-    def set_visible(self, index: int, visible: bool) -> Image.Image:
-        """Hide or show layer `index`; the layers above are replayed as if it were (not) there."""
+    def set_visible(self, index: int, visible: bool, *, layers_above: str = "keep") -> Image.Image:
+        """Hide or show layer `index`; `layers_above` as in replace() ("regenerate" also repaints a shown layer)."""
+        check_layers_above(layers_above)
         old = self._layer(index, "hide or show")
         if index == 0:
             raise ValueError("the background cannot be hidden")
         if bool(visible) == old.visible:
             return self.image
         below = self.layers[:index]
-        record = self._repaint(old, below) if visible else old.replace(visible=False)
+        regenerate = visible and layers_above == "regenerate"
+        record = self._repaint(old, below) if regenerate else old.replace(visible=bool(visible))
         label = f"{'show' if visible else 'hide'} layer {index}"
-        self._memory.commit(self._replay(below + (record,), self.layers[index + 1:]), label)
+        self._memory.commit(self._replay(below + (record,), self.layers[index:], layers_above), label)
         return self.image
 
     def undo(self) -> str:
@@ -270,7 +277,7 @@ class Session:
         base = visible[-1]
         edit = EditRegion(region=region, soft_mask=soft, previous_image=np.asarray(base.image),
                           previous_trajectory=base.trajectory, previous_schedule=base.schedule,
-                          background=config.background,
+                          background=config.background, mask_fit=config.mask_fit, feather_px=config.mask_feather,
                           earlier_regions=[(layer.prompt_embeds, np.asarray(layer.mask) > 0) for layer in visible])
         seed = below[0].seed if own_seed is None else own_seed
         height, width = region.shape
@@ -278,19 +285,35 @@ class Session:
                                  callback_on_step_end=callback)
         out.info["shares_session_seed"] = own_seed is None
         return self._record(prompt, config, seed, out, seconds, kind="edit", user_mask=binary, region=region,
-                            soft=soft)
+                            soft=out.mask)
 
     def _repaint(self, record: LayerRecord, below: tuple[LayerRecord, ...]) -> LayerRecord:
         """Run an edit layer again, with its own prompt, mask, seed and settings, on a new stack below."""
         return self._paint_edit(record.prompt, np.asarray(record.user_mask) > 0,
                                 EditSettings.from_dict(dict(record.settings)), _own_seed(record), below, None)
 
-    def _replay(self, below: tuple[LayerRecord, ...], above: tuple[LayerRecord, ...]) -> tuple[LayerRecord, ...]:
-        """Stack `above` on `below` again: visible layers are repainted in order, hidden ones kept as they are."""
-        stack = tuple(below)
-        for record in above:
-            stack += (self._repaint(record, stack) if record.visible else record,)
+    def _replay(self, below: tuple[LayerRecord, ...], changed: tuple[LayerRecord, ...],
+                layers_above: str) -> tuple[LayerRecord, ...]:
+        """The new stack after a change: `below` (ending with the changed layer, if it stays) and the layers above.
+
+        `changed` is the old stack from the changed layer up: its first record is what the layers above used to
+        sit on. "keep" moves each of them onto the new stack (restack); "regenerate" repaints the visible ones.
+        Hidden layers are always restacked, so showing one later needs no repaint.
+        """
+        stack, old = tuple(below), self.layers[:len(self.layers) - len(changed) + 1]
+        for record in changed[1:]:
+            if layers_above == "regenerate" and record.visible:
+                moved = self._repaint(record, stack)
+            else:
+                moved = restack(record, visible_under(old), visible_under(stack), self._trajectory_of_image)
+            stack, old = stack + (moved,), old + (record,)
         return stack
+
+    def _trajectory_of_image(self, image: np.ndarray, record: LayerRecord):
+        """A layer's memory rebuilt from pixels (when it cannot be blended from the layers' trajectories)."""
+        settings = EditSettings.from_dict(dict(record.settings))
+        return self.pipeline.trajectory_from_image(image, num_inference_steps=settings.num_inference_steps,
+                                                   scheduler=settings.scheduler, seed=self.layers[0].seed)
 
     def _run(self, prompt: str, config: EditSettings, *, seed: int, height: int, width: int,
              edit: EditRegion | None, callback_on_step_end) -> tuple[LayeredPipelineOutput, float]:

@@ -10,6 +10,7 @@ from pipelines.attention import ATTENTION_MODES
 from pipelines.guidance import GUIDANCE_MODES, NEGATIVE_PROMPT_ERROR
 from pipelines.pipeline_layered import BACKGROUND_SOURCES, PRESERVE_MODES
 from pipelines.schedulers import SCHEDULERS
+from pipelines.tight import MASK_FITS
 
 MAX_STEPS = 1000
 MAX_GUIDANCE_SCALE = 50.0
@@ -35,7 +36,10 @@ class EditSettings:
     # "pixels": previous pixels kept bit-identical outside the soft mask; "latents": paper behaviour.
     preserve: str = "pixels"
     mask_dilation: int = 0  # px grown around a rough mask; 0 keeps the promise "outside your mask is untouched"
-    mask_feather: int = 2  # px of inward blend at the mask's edge, so the composite shows no seam
+    mask_feather: int = 2  # px of blend at the edit's edge (inside a whole mask; around the object when tight)
+    # "tight": a rough mask means "somewhere here": the edit finds its object while denoising and keeps the old
+    # background inside the mask too (pipelines/tight.py); "whole": repaint the whole mask.
+    mask_fit: str = "tight"
     # "cfg": classifier-free guidance, two UNet rows per step; "distilled": one row with the model's
     # guidance adapter (pipeline.has_guidance_adapter), no negative prompt.
     guidance: str = "cfg"
@@ -56,6 +60,8 @@ class EditSettings:
             raise ValueError(f"preserve must be one of {PRESERVE_MODES}, got {self.preserve!r}")
         _check_int("mask_dilation", self.mask_dilation, 0, MAX_MASK_PIXELS)
         _check_int("mask_feather", self.mask_feather, 0, MAX_MASK_PIXELS)
+        if self.mask_fit not in MASK_FITS:
+            raise ValueError(f"mask_fit must be one of {MASK_FITS}, got {self.mask_fit!r}")
         if self.guidance not in GUIDANCE_MODES:
             raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {self.guidance!r}")
         if self.guidance == "distilled" and self.negative_prompt:
@@ -77,8 +83,11 @@ class EditSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> EditSettings:
-        """Settings as stored in a project; names this version does not know are an error."""
-        return cls().updated(**values)
+        """Settings as stored in a project; names this version does not know are an error.
+
+        Layers saved before tight edits existed repainted their whole mask, so a missing mask_fit replays as "whole".
+        """
+        return cls().updated(**{"mask_fit": "whole", **values})
 
 
 def _check_int(name: str, value, low: int, high: int) -> None:

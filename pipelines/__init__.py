@@ -2,7 +2,8 @@
 
 from .loading import EMBEDDED_MODEL_DIR, load_pipeline
 from .masks import MaskError
-from .pipeline_layered import EditRegion, LayeredPipeline, LayeredPipelineOutput, composite
+from .compositing import composite, recomposite
+from .pipeline_layered import EditRegion, LayeredPipeline, LayeredPipelineOutput
 from .schedulers import SCHEDULERS
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "MaskError",
     "SCHEDULERS",
     "composite",
+    "recomposite",
     "load_pipeline",
 ]

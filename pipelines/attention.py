@@ -96,6 +96,11 @@ class RegionalProcessorBase:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if encoder_hidden_states is None:
             raise RuntimeError("regional attention processors belong on cross-attention layers only")
+        if attention_mask is not None:
+            # The region mask already decides which prompt tokens each query sees; a second mask (an
+            # encoder_attention_mask from the caller) would be silently dropped, so refuse it.
+            raise ValueError("regional attention does not take an attention_mask: the region maps decide which "
+                             "prompt tokens each query attends to; call the UNet without encoder_attention_mask")
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+
+from .tight import ObjectTracker
 
 
 def blended_step_count(num_steps: int, free_steps_ratio: float) -> int:
@@ -35,3 +38,21 @@ def renoised_trajectory(scheduler, final_latent: torch.Tensor, noise: torch.Tens
     trajectory = [scheduler.add_noise(final_latent, noise, torch.as_tensor([t])) for t in levels]
     trajectory.append(final_latent)
     return trajectory
+
+
+@dataclass
+class BackgroundMemory:
+    """What BCG follows during one edit: a latent per step, the blend mask, how many leading steps blend."""
+
+    remembered: Sequence[torch.Tensor]
+    source: str  # "memory", or "renoise"/"renoise-image" when the stored trajectory cannot be indexed
+    blend_steps: int
+    region: torch.Tensor  # the rough region on the latent grid [1, 1, h, w]
+    tracker: ObjectTracker | None  # tight edits: where the object forms; None repaints the whole region
+
+    def blend(self, step: int, latents: torch.Tensor) -> torch.Tensor:
+        """BCG after scheduler step `step`: the remembered latent wherever the edit does not paint."""
+        if step >= self.blend_steps:
+            return latents
+        mask = self.region if self.tracker is None else self.tracker.blend_mask(step, latents, self.remembered[step])
+        return blend(latents, self.remembered[step], mask)

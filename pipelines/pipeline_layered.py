@@ -21,10 +21,13 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import bcg
+from .bcg import BackgroundMemory
+from .compositing import composite
 from .attention import ATTENTION_MODES, RegionalAttnProcessor, RegionMaps, regional_attention
 from .guidance import GUIDANCE_MODES, NEGATIVE_PROMPT_ERROR, GuidanceAdapter
 from .masks import latent_mask
 from .schedulers import make_scheduler, schedule_fingerprint
+from .tight import MASK_FITS, ObjectTracker, object_pixels, soft_object_mask
 
 PRESERVE_MODES = ("pixels", "latents")
 # "memory": BCG follows the layer below's stored trajectory; "renoise": the blended-latent baseline
@@ -55,6 +58,10 @@ class EditRegion:
     # MQD: the earlier visible layers, back to front, as (prompt embeds [1, L, D], bool HxW mask);
     # the first is the background (its mask is the whole image).
     earlier_regions: Sequence[tuple[torch.Tensor, np.ndarray]] = ()
+    # "tight": find the object while denoising; BCG and the pixel composite keep the old background inside
+    # the region too, apart from a `feather_px` soft edge around the object. "whole": repaint the whole region.
+    mask_fit: str = "tight"
+    feather_px: int = 2
 
 
 @dataclass
@@ -68,6 +75,8 @@ class LayeredPipelineOutput:
     prompt_embeds: torch.Tensor  # fp16 CPU
     negative_prompt_embeds: torch.Tensor | None  # fp16 CPU, None when CFG was off
     info: dict = field(default_factory=dict)
+    # float32 HxW: the soft mask the edit painted through (the object's when tight); None for a background
+    mask: np.ndarray | None = None
 
 
 class LayeredPipeline(DiffusionPipeline):
@@ -146,6 +155,8 @@ class LayeredPipeline(DiffusionPipeline):
         if edit is not None:
             if edit.background not in BACKGROUND_SOURCES:
                 raise ValueError(f"background must be one of {BACKGROUND_SOURCES}, got {edit.background!r}")
+            if edit.mask_fit not in MASK_FITS:
+                raise ValueError(f"mask_fit must be one of {MASK_FITS}, got {edit.mask_fit!r}")
             expected = (height, width)
             if edit.region.shape != expected or edit.soft_mask.shape != expected or edit.previous_image.shape[:2] != expected:
                 raise ValueError(f"edit masks and previous image must be {width}x{height}")
@@ -225,10 +236,29 @@ class LayeredPipeline(DiffusionPipeline):
     ) -> LayeredPipelineOutput:
         """Generate a background (edit=None) or one masked edit on top of the layer described by `edit`.
 
-        Steps: encode prompts; start from the seed's noise; each step run the UNet (a batch of 2
-        with guidance="cfg", of 1 with the guidance adapter for "distilled"), step the scheduler,
-        blend the background from memory (BCG) for all but the free final steps, record the
-        latent; decode; keep the previous pixels outside the soft mask.
+        Args:
+            prompt: what to paint: the whole picture for a background, the new object for an edit.
+            negative_prompt: the unconditional half of classifier-free guidance ("" by default); must be
+                empty with guidance="distilled".
+            num_inference_steps: denoising steps of `scheduler`.
+            guidance_scale: the guidance scale s of `uncond + s * (cond - uncond)`; <= 1 turns guidance off.
+            scheduler: a name of pipelines.schedulers.SCHEDULERS (deterministic samplers only).
+            seed: picks the initial noise; every layer of a session shares it unless given its own.
+            height, width: the image size in pixels; default: the previous image's, else the model's own.
+            edit: the region to paint and what the memory holds below it; None paints a background.
+            free_steps_ratio: share of final steps run without BCG so the object's boundary harmonises.
+            preserve: "pixels" keeps the previous pixels outside the edit's soft mask bit-identical;
+                "latents" returns the decoded image as it is (the paper's behaviour).
+            attention: "mqd" routes each region's queries to its own layer's prompt; "qd" splits current
+                prompt vs background prompt; "bcg" is plain cross-attention.
+            guidance: "cfg" (a batch of 2 per step) or "distilled" (a batch of 1 with the guidance adapter).
+            callback_on_step_end: diffusers' callback `(pipeline, step, timestep, tensors) -> tensors`,
+                called after BCG; it may return replaced "latents".
+            callback_on_step_end_tensor_inputs: which tensors the callback receives.
+
+        Returns:
+            LayeredPipelineOutput: the image, the trajectory (the latent after each step, after BCG), the
+            prompt embeddings and the soft mask the edit painted through.
         """
         # 1. Check inputs
         default_w, default_h = self.default_size
@@ -251,26 +281,13 @@ class LayeredPipeline(DiffusionPipeline):
         sampler = make_scheduler(scheduler, self.scheduler.config)
         sampler.set_timesteps(num_inference_steps, device=device)
         timesteps = sampler.timesteps
-        fingerprint = schedule_fingerprint(sampler)
 
         # 4. Initial noise: the same for every layer of a session unless its seed differs
         noise = self.initial_noise(seed, height, width)
         latents = noise * sampler.init_noise_sigma
 
-        # 5. What BCG follows: the stored trajectory, or the re-noised previous latent when the
-        #    schedules differ (the stored steps then sit at other noise levels)
-        remembered, bcg_source, blend_steps, mask = None, "none", 0, None
-        if edit is not None:
-            mask = latent_mask(edit.region, tuple(latents.shape[-2:]), device=device, dtype=latents.dtype)
-            if edit.background == "renoise":
-                encoded = self.encode_image(edit.previous_image).to(latents.dtype)
-                remembered, bcg_source = bcg.renoised_trajectory(sampler, encoded, noise, timesteps), "renoise-image"
-            elif tuple(edit.previous_schedule) == fingerprint:
-                remembered, bcg_source = edit.previous_trajectory, "memory"
-            else:
-                final = edit.previous_trajectory[-1].to(device=device, dtype=latents.dtype)
-                remembered, bcg_source = bcg.renoised_trajectory(sampler, final, noise, timesteps), "renoise"
-            blend_steps = bcg.blended_step_count(len(timesteps), free_steps_ratio)
+        # 5. What BCG follows, and where (the whole region, or the object as it forms)
+        memory = None if edit is None else self.prepare_background_memory(edit, sampler, noise, free_steps_ratio)
         extra_channels = self.inpainting_inputs(edit, height, width) if self.is_inpainting_unet else None
 
         # 6. Distilled guidance: the adapter's weights and the scale's embedding (the teacher runs without both)
@@ -298,29 +315,62 @@ class LayeredPipeline(DiffusionPipeline):
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
                 latents = sampler.step(noise_pred, t, latents).prev_sample
-                if i < blend_steps:
-                    latents = bcg.blend(latents, remembered[i], mask)
+                if memory is not None:
+                    latents = memory.blend(i, latents)
                 if callback_on_step_end is not None:
                     values = {"latents": latents} if "latents" in callback_on_step_end_tensor_inputs else {}
                     latents = callback_on_step_end(self, i, t, values).get("latents", latents)
                 trajectory.append(latents.detach().to("cpu", torch.float16))
                 progress.update()
 
-        # 8. Decode, then keep the previous pixels wherever the soft mask is 0
+        # 8. Decode, then keep the previous pixels wherever the edit's soft mask is 0
         decoded = self.decode_latents(latents)
-        image = decoded if edit is None or preserve == "latents" else composite(edit.previous_image, decoded, edit.soft_mask)
+        soft = None if edit is None else self.edit_soft_mask(edit, memory, decoded)
+        image = decoded if edit is None or preserve == "latents" else composite(edit.previous_image, decoded, soft)
 
+        info = {"bcg": "none" if memory is None else memory.source,
+                "blended_steps": 0 if memory is None else memory.blend_steps, "unet_evals": unet_evals,
+                "attention_regions": len(regions), "guidance": "distilled" if distilled else "cfg" if do_cfg else "off"}
+        if soft is not None:
+            info.update(mask_fit=edit.mask_fit, painted_pixels=int(np.count_nonzero(soft)))
         return LayeredPipelineOutput(
             image=image,
             decoded=decoded,
+            mask=soft,
             trajectory=trajectory,
-            schedule=fingerprint,
+            schedule=schedule_fingerprint(sampler),
             prompt_embeds=prompt_embeds.detach().to("cpu", torch.float16),
             negative_prompt_embeds=None if negative_embeds is None else negative_embeds.detach().to("cpu", torch.float16),
-            info={"bcg": bcg_source, "blended_steps": blend_steps, "unet_evals": unet_evals,
-                  "attention_regions": len(regions),
-                  "guidance": "distilled" if distilled else "cfg" if do_cfg else "off"},
+            info=info,
         )
+
+    def prepare_background_memory(self, edit: EditRegion, sampler, noise: torch.Tensor,
+                                  free_steps_ratio: float) -> BackgroundMemory:
+        """The latents BCG blends in after each step: the stored trajectory, or the re-noised previous latent
+        when the schedules differ (the stored steps then sit at other noise levels) or no memory is asked for."""
+        timesteps = sampler.timesteps
+        region = latent_mask(edit.region, tuple(noise.shape[-2:]), device=noise.device, dtype=noise.dtype)
+        if edit.background == "renoise":
+            encoded = self.encode_image(edit.previous_image).to(noise.dtype)
+            remembered, source = bcg.renoised_trajectory(sampler, encoded, noise, timesteps), "renoise-image"
+        elif tuple(edit.previous_schedule) == schedule_fingerprint(sampler):
+            remembered, source = edit.previous_trajectory, "memory"
+        else:
+            final = edit.previous_trajectory[-1].to(device=noise.device, dtype=noise.dtype)
+            remembered, source = bcg.renoised_trajectory(sampler, final, noise, timesteps), "renoise"
+        blend_steps = bcg.blended_step_count(len(timesteps), free_steps_ratio)
+        tracker = ObjectTracker(region, blend_steps) if edit.mask_fit == "tight" else None
+        return BackgroundMemory(remembered, source, blend_steps, region, tracker)
+
+    @staticmethod
+    def edit_soft_mask(edit: EditRegion, memory: BackgroundMemory, decoded: np.ndarray) -> np.ndarray:
+        """The soft mask the pixel composite uses: the rough region's, or the object's silhouette with a
+        `feather_px` soft edge (all zero when no object formed: the edit then changes nothing)."""
+        if memory.tracker is None:
+            return edit.soft_mask
+        seeds = memory.tracker.pixel_cells(edit.region.shape)
+        silhouette = object_pixels(decoded, edit.previous_image, edit.region, seeds)
+        return soft_object_mask(silhouette, edit.soft_mask, edit.feather_px)
 
     @staticmethod
     def attention_regions(attention: str, edit: EditRegion | None, prompt_embeds: torch.Tensor):
@@ -362,10 +412,3 @@ class LayeredPipeline(DiffusionPipeline):
         noise = self.initial_noise(seed, height, width)
         trajectory = bcg.renoised_trajectory(sampler, latent, noise, sampler.timesteps)
         return [z.detach().to("cpu", torch.float16) for z in trajectory], schedule_fingerprint(sampler)
-
-
-def composite(previous: np.ndarray, decoded: np.ndarray, soft_mask: np.ndarray) -> np.ndarray:
-    """Previous pixels where the soft mask is 0 (bit-identical), decoded pixels where it is 1, a blend between."""
-    weight = soft_mask[..., None].astype(np.float32)
-    mixed = previous.astype(np.float32) * (1.0 - weight) + decoded.astype(np.float32) * weight
-    return np.where(weight > 0, np.clip(np.round(mixed), 0, 255), previous).astype(np.uint8)

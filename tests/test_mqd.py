@@ -182,12 +182,12 @@ def union_of(boxes):
     return union
 
 
-def test_reedit_of_layer_1_replays_the_layers_above_and_undo_restores_exactly(four_layers):
+def test_reedit_of_layer_1_regenerating_the_layers_above_and_undo_restores_exactly(four_layers):
     session = four_layers
     before_layers, before_image = session.layers, np.asarray(session.image).copy()
     background = np.asarray(session.layers[0].image).copy()
 
-    session.replace(1, prompt="a green tree", seed=42)
+    session.replace(1, prompt="a green tree", seed=42, layers_above="regenerate")
     assert len(session.layers) == 5
     assert session.layers[1].prompt == "a green tree" and session.layers[1].seed == 42
     assert [layer.prompt for layer in session.layers[2:]] == [layer.prompt for layer in before_layers[2:]]
@@ -210,7 +210,7 @@ def test_replace_with_a_new_mask_moves_the_layer(four_layers):
 def test_replace_background_repaints_under_the_same_edits(four_layers):
     session = four_layers
     old = np.asarray(session.image).copy()
-    session.replace(0, prompt="a sea background", seed=9)
+    session.replace(0, prompt="a sea background", seed=9, layers_above="regenerate")
     assert session.seed == 9 and session.layers[0].prompt == "a sea background"
     assert all(layer.seed == 9 for layer in session.layers[1:]), "edits that shared the noise follow the new seed"
     assert not np.array_equal(np.asarray(session.image), old)
