@@ -21,6 +21,7 @@ from memory import LayerMemory, LayerRecord, MemoryStateError, ProjectError, loa
 from pipelines import EditRegion, LayeredPipeline, LayeredPipelineOutput, load_pipeline, masks
 from pipelines.loading import EMBEDDED
 
+from .export import export_layers
 from .images import to_rgb_array
 from .restack import check_layers_above, restack, visible_under
 from .settings import EditSettings
@@ -221,6 +222,12 @@ class Session:
         meta = {"model": self.model, "defaults": self._defaults.to_dict()}
         save_project(path, self.layers, meta)
         return Path(path)
+
+    def export(self, path: str | Path) -> Path:
+        """Write the layers for other tools; the extension picks the format: .ora (Krita, GIMP), .psd (Photoshop)
+        or .zip (PNGs + manifest). Atomic like save(); save() stays the lossless route (editor/export.py)."""
+        self._require_background("export")
+        return export_layers(path, self.layers, {"model": self.model, "defaults": self._defaults.to_dict()})
 
     @classmethod
     def load(cls, path: str | Path, pipeline: LayeredPipeline | None = None, device=None, dtype=None, *,

@@ -465,7 +465,7 @@ class Handlers:
 
     def export(self, session):
         session = self._require_image(session, "export")
-        return str(export_zip(session, self._scratch_file("layered-edit-layers.zip")))
+        return str(session.export(self._scratch_file("layered-edit-layers.zip")))
 
     # -------------------------------------------------------------- autosave and restore
     def autosave_session(self, session) -> None:

@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     saving.add_argument("--no-autosave", action="store_true", help="do not autosave browser sessions")
     web.set_defaults(handler=run_ui)
 
+    export = commands.add_parser("export", help="write a saved project's layers for painting programs")
+    export.add_argument("project", help="a saved project: a .lep file or a project folder")
+    export.add_argument("out", help="file to write; the extension picks the format: .ora (Krita, GIMP), "
+                                    ".psd (Photoshop) or .zip (PNGs + manifest)")
+    export.set_defaults(handler=run_export)
+
     add_bench_command(commands)
     add_distill_command(commands)
     return parser
@@ -92,6 +98,14 @@ def run_ui(args) -> int:
     from ui.app import serve
 
     return serve(args.model, host=args.host, port=args.port, device=args.device, autosave=autosave_from_args(args))
+
+
+def run_export(args) -> int:
+    """Export a saved project as layers; the model is not loaded (the project holds every pixel)."""
+    from editor.export import export_project
+
+    print(f"wrote {export_project(args.project, args.out)}")
+    return 0
 
 
 def autosave_from_args(args) -> Autosave | None:
