@@ -92,6 +92,8 @@ def fmt(value, kind: str = "") -> str:
         return f"{value / 1024:.1f}"
     if kind == "MiB":
         return f"{value / 2**20:.0f}"
+    if kind == "x":
+        return f"{value:.2f}"
     if kind == "s":
         return f"{value:.3f}"
     if isinstance(value, float):
@@ -112,6 +114,7 @@ SUMMARY_COLUMNS = [  # (header, summary key, format)
     ("prior max abs diff", "prior_max_abs_diff", ""),
     ("success colour", "success_colour", "%"), ("success shape", "success_shape", "%"),
     ("shape, held-out", "success_shape_held_out", "%"), ("earlier kept", "persistence", "%"),
+    ("bg in mask PSNR med", "background_in_mask_psnr", "dB"), ("seam med", "seam", "x"),
     ("CLIP crop", "clip_crop_mean", ""),
     ("UNet evals/edit", "unet_evals_mean", ""), ("KiB/layer", "memory_bytes_mean", "KiB"),
     ("s/edit (median)", "seconds_median", "s"),
@@ -121,6 +124,9 @@ INDEX_TABLES = [  # per edit index: (title, summary key, format)
     ("Prior-layer PSNR (median dB) inside earlier visible regions", "prior_psnr_median", "dB"),
     ("Edit success (detector: colour and shape in the box)", "success_shape", "%"),
     ("Earlier objects still detected", "persistence", "%"),
+    ("Background inside the rough mask, away from the new object (median PSNR dB vs the image before)",
+     "background_in_mask_psnr", "dB"),
+    ("Seam at the rough mask's edge (median; 1.0 = none)", "seam", "x"),
     ("Wall time per edit (median s)", "seconds_median", "s"),
 ]
 

@@ -139,13 +139,14 @@ def run_plan(session: Session, plan: Plan, clip: metrics.ClipCropScore | None = 
     prior = metrics.prior_layer_preservation(steps, masks)
     judged = all(edit.colour and edit.shape for edit in plan.edits)
     detected = metrics.edit_success(steps, masks, [(e.colour, e.shape) for e in plan.edits]) if judged else None
+    seen = metrics.what_users_see(background, steps, masks, [e.colour for e in plan.edits])
     edits = []
     for i, (edit, layer) in enumerate(zip(plan.edits, layers[1:])):
         edits.append({
             "index": i + 1, "prompt": prompts[i][0], "prompt_truncated": prompts[i][1], "box": list(boxes[i]),
             "seed": layer.seed, "held_out": edit.held_out, "bcg_source": layer.info.get("bcg"),
             "unet_evals": layer.info.get("unet_evals"), "memory_bytes": layer.nbytes,
-            "background": kept[i], "prior_layers": prior[i],
+            "background": kept[i], "prior_layers": prior[i], **seen[i],
             "detection": None if detected is None else detected[i],
             "clip_crop": None if clip is None else clip(steps[i], masks[i], edit.clip_text or prompts[i][0]),
         })

@@ -8,8 +8,9 @@ from contextlib import nullcontext
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from benchmark import metrics
+from benchmark import detector, metrics
 from benchmark import shapes_world as sw
 from benchmark.cli import main
 from benchmark.methods import METHODS, check_model, resolve, select
@@ -107,6 +108,77 @@ def test_detector_success_and_persistence_on_drawn_objects():
     assert wrong[0]["edit"]["colour_found"] and not wrong[0]["edit"]["shape_found"]
     erased = metrics.edit_success([first, background], masks, [("red", "star"), ("blue", "circle")])
     assert not erased[1]["edit"]["colour_found"] and not erased[1]["earlier"][0]["colour_found"]
+
+
+def _scene_with_object(size=64, box=(16, 16, 48, 48), colour="red", shape="star"):
+    """A textured background and the same image with an object drawn in the middle half of `box`."""
+    background = sw.render_background("sand", size, np.random.default_rng(1))
+    x0, y0, x1, y1 = box
+    inner = (x0 + (x1 - x0) // 4, y0 + (y1 - y0) // 4, x1 - (x1 - x0) // 4, y1 - (y1 - y0) // 4)
+    after = background.copy()
+    drawn = sw.draw_object(after, colour, shape, inner)
+    return background, after, _box((size, size), box), drawn
+
+
+def test_detector_object_mask_is_the_drawn_object_and_empty_when_absent():
+    background, after, rough, drawn = _scene_with_object()
+    found = detector.object_mask(after, rough, "red")
+    assert found.shape == drawn.shape and (found & ~rough).sum() == 0
+    assert (found ^ drawn).sum() <= 0.1 * drawn.sum()  # the object's extent, up to its rim
+    assert not detector.object_mask(after, rough, "blue").any()
+    assert not detector.object_mask(background, rough, "red").any()
+
+
+def test_background_in_mask_is_infinite_when_only_the_object_changed_and_sees_a_tone_shift():
+    background, after, rough, drawn = _scene_with_object()
+    found = detector.object_mask(after, rough, "red")
+    assert metrics.background_in_mask_psnr(background, after, rough, found) == math.inf
+    shifted = after.astype(np.int16)
+    shifted[rough & ~drawn] += 4  # the background around the object changed tone
+    shifted = shifted.astype(np.uint8)
+    assert metrics.background_in_mask_psnr(background, shifted, rough, found) == pytest.approx(
+        20 * math.log10(255 / 4), abs=1e-9)
+    # a change right at the object's rim (within 3 px) is not background
+    rim = after.copy()
+    rim[metrics.grow(drawn, 2) & ~drawn & rough] = 0
+    assert metrics.background_in_mask_psnr(background, rim, rough, drawn) == math.inf
+    assert metrics.background_in_mask_psnr(background, rim, rough, drawn, dilate_px=1) < 20
+    # without a detected object the whole rough mask is judged (a failed edit that repainted its box)
+    assert metrics.background_in_mask_psnr(background, after, rough, None) < 30
+    assert metrics.background_in_mask_psnr(background, after, np.zeros_like(rough), None) is None
+
+
+def test_seam_score_is_one_without_change_at_the_edge_and_catches_a_visible_rectangle():
+    background, after, rough, _ = _scene_with_object()
+    assert metrics.seam_score(background, background, rough) == 1.0
+    assert metrics.seam_score(background, after, rough) == pytest.approx(1.0)  # the object keeps off the edge
+    flat = np.full((32, 32, 3), 90, dtype=np.uint8)
+    rough_flat = _box((32, 32), (8, 8, 24, 24))
+    rectangle = flat.copy()
+    rectangle[rough_flat] += 12
+    assert metrics.seam_score(flat, rectangle, rough_flat) == pytest.approx(13.0)
+    textured = after.astype(np.int16)
+    textured[rough] += 12
+    textured = np.clip(textured, 0, 255).astype(np.uint8)
+    sharp = metrics.seam_score(background, textured, rough)
+    assert sharp > 2.0
+    # a feathered tone shift (the change ramps in over 4 px) shows less of a seam than a hard one
+    ramp = np.clip(ndimage.distance_transform_cdt(rough, metric="chessboard") / 4, 0, 1)
+    soft = np.clip(np.round(after + 12 * ramp[..., None]), 0, 255).astype(np.uint8)
+    assert 1.0 < metrics.seam_score(background, soft, rough) < sharp
+    assert metrics.seam_score(flat, flat, np.ones((32, 32), bool)) is None
+
+
+def test_what_users_see_is_judged_against_the_image_just_before_each_edit():
+    background, first, rough, _ = _scene_with_object()
+    second = first.copy()
+    box2 = _box((64, 64), (0, 40, 24, 64))
+    second[box2] = np.clip(second[box2].astype(np.int16) + 10, 0, 255).astype(np.uint8)  # a repainted box
+    seen = metrics.what_users_see(background, [first, second], [rough, box2], ["red", "blue"])
+    assert seen[0]["background_in_mask"]["psnr"] == math.inf and seen[0]["seam"] == pytest.approx(1.0)
+    assert seen[1]["background_in_mask"]["object_pixels"] == 0  # no blue object: the whole box is judged
+    assert seen[1]["background_in_mask"]["psnr"] < 30 and seen[1]["seam"] > 2
+    assert metrics.what_users_see(background, [first], [rough], [None])[0]["background_in_mask"] is None
 
 
 # ----------------------------------------------------------------------------------------- plans
@@ -215,6 +287,10 @@ def test_one_command_writes_results_costs_report_sheets_and_plots(bench_out):
     assert all(len(c["edit_seconds"]) == len(scenes[s][m]["edits"]) for s, by in costs["scenes"].items()
                for m, c in by.items())
     assert "seconds" not in json.dumps(results)
+    for values in results["summary"].values():
+        assert {"background_in_mask_psnr", "seam"} <= set(values)
+    assert all(e["seam"] is not None and e["background_in_mask"] is not None
+               for by_method in scenes.values() for r in by_method.values() for e in r["edits"])
     for file in ("contact/shapes-000.png", "contact/shapes-001.png", "plots/preservation.png", "plots/latency.png"):
         assert (bench_out / file).stat().st_size > 0
 
