@@ -5,8 +5,10 @@ layer takes its mask, then the current edit takes its mask, so later layers occl
 The UNet receives all region prompts concatenated along the token axis; in every cross-attention
 layer ONE scaled-dot-product attention call runs with a boolean mask that lets a query see only
 its region's tokens (the reference code loops one attention call per region instead). Region
-maps are computed once per attention resolution per edit. Self-attention is left alone, so a new
-object still sees its surroundings.
+maps are computed once per attention resolution per edit (ROUTING_MODES: by majority, or the
+reference code's erode-current/dilate-earlier), and a region that owns no query at a resolution is
+left out of that resolution's keys, so piling up hidden layers does not slow the coarse grids.
+Self-attention is left alone, so a new object still sees its surroundings.
 """
 
 from __future__ import annotations
@@ -19,7 +21,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ATTENTION_MODES = ("bcg", "qd", "mqd")  # plain cross-attention, two-way split, full MQD
+# How cross-attention is routed during an edit:
+# - "bcg": plain cross-attention to the edit prompt (no routing);
+# - "qd-background": two regions: the edit's mask hears the edit prompt, everything else the
+#   background (layer 0) prompt;
+# - "qd-previous": the reference code's QD: the edit's mask hears the edit prompt, everything else
+#   the prompt of the layer just below (the previous visible layer);
+# - "mqd": every visible layer's region hears its own prompt (later layers occlude earlier ones).
+ATTENTION_MODES = ("bcg", "qd-background", "qd-previous", "mqd")
+# Names older projects were saved with -> today's name ("qd" meant the background split).
+ATTENTION_ALIASES = {"qd": "qd-background"}
+# How a pixel-resolution region map becomes each attention grid's query owners:
+# - "majority": each cell goes to the region covering most of it (ties to the later layer), one rule
+#   for every layer;
+# - "erode-dilate": the reference code's rule: the current edit (the last region) keeps only the cells
+#   it covers completely (eroded), each earlier layer takes every cell it touches (dilated).
+ROUTING_MODES = ("majority", "erode-dilate")
 
 
 def owner_map(region_masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -30,32 +47,59 @@ def owner_map(region_masks: Sequence[np.ndarray]) -> np.ndarray:
     return owners
 
 
-def downsampled_owners(owners: np.ndarray, size: tuple[int, int], count: int) -> torch.Tensor:
-    """Owners on an attention grid [h*w]: the region covering most of each cell (ties go to the later layer)."""
+def resolve_attention(attention: str) -> str:
+    """Today's name of an attention mode (older projects may hold an alias); unknown names are an error."""
+    name = ATTENTION_ALIASES.get(attention, attention)
+    if name not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    return name
+
+
+def downsampled_owners(owners: np.ndarray, size: tuple[int, int], count: int,
+                       routing: str = "majority") -> torch.Tensor:
+    """Owners on an attention grid [h*w] under a ROUTING_MODES rule; the last region is the current edit."""
+    if routing not in ROUTING_MODES:
+        raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
     one_hot = F.one_hot(torch.from_numpy(owners), count).permute(2, 0, 1)[None].float()
-    coverage = F.adaptive_avg_pool2d(one_hot, size)[0]  # [count, h, w]
-    later_first = coverage.flip(0).argmax(0)  # argmax picks the first maximum: flip so the later layer wins
-    return (count - 1 - later_first).flatten()
+    coverage = F.adaptive_avg_pool2d(one_hot, size)[0]  # [count, h, w]: share of each cell per region
+    if routing == "majority":
+        later_first = coverage.flip(0).argmax(0)  # argmax picks the first maximum: flip so the later layer wins
+        return (count - 1 - later_first).flatten()
+    grid = torch.zeros(size, dtype=torch.int64)
+    for region in range(1, count - 1):  # earlier layers, back to front: every cell they touch
+        grid[coverage[region] > 0] = region
+    if count > 1:  # the current edit: only cells it fills (float sums of ones divide back to exactly 1)
+        grid[coverage[count - 1] >= 1.0 - 1e-6] = count - 1
+    return grid.flatten()
 
 
 class RegionMaps:
     """Which prompt tokens each query may attend to, per attention resolution, built once per edit."""
 
-    def __init__(self, owners: np.ndarray, count: int, tokens_per_region: int, latent_size: tuple[int, int]):
+    def __init__(self, owners: np.ndarray, count: int, tokens_per_region: int, latent_size: tuple[int, int],
+                 routing: str = "majority"):
+        if routing not in ROUTING_MODES:
+            raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
         self.owners, self.count, self.tokens = owners, count, tokens_per_region
-        self.latent_size = latent_size
+        self.latent_size, self.routing = latent_size, routing
         self.grids = attention_grids(latent_size)
+        self._owners: dict[int, torch.Tensor] = {}
         self._cache: dict[int, torch.Tensor] = {}
+        self._visible: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
 
     @classmethod
-    def from_masks(cls, region_masks: Sequence[np.ndarray], tokens_per_region: int, latent_size: tuple[int, int]):
-        return cls(owner_map(region_masks), len(region_masks), tokens_per_region, latent_size)
+    def from_masks(cls, region_masks: Sequence[np.ndarray], tokens_per_region: int, latent_size: tuple[int, int],
+                   routing: str = "majority"):
+        return cls(owner_map(region_masks), len(region_masks), tokens_per_region, latent_size, routing)
 
     def query_owners(self, query_length: int) -> torch.Tensor:
         """Region index of every query token of an attention layer with `query_length` queries."""
         if query_length not in self.grids:
             raise ValueError(f"no attention grid has {query_length} queries for latents of {self.latent_size}")
-        return downsampled_owners(self.owners, self.grids[query_length], self.count)
+        if query_length not in self._owners:
+            self._owners[query_length] = downsampled_owners(self.owners, self.grids[query_length], self.count,
+                                                            self.routing)
+        return self._owners[query_length]
 
     def allowed(self, query_length: int, device: torch.device) -> torch.Tensor:
         """bool [1, 1, Q, regions * tokens]: True where a query may attend to a key token."""
@@ -64,6 +108,26 @@ class RegionMaps:
             allowed = self.query_owners(query_length)[:, None] == key_owner[None, :]
             self._cache[query_length] = allowed[None, None]
         return self._cache[query_length].to(device)
+
+    def visible_keys(self, query_length: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(key token indices, bool [1, 1, Q, kept tokens]) without the regions that own no query at this grid.
+
+        A region hidden at a grid (occluded by later layers, or smaller than a cell) has no query that
+        may attend to its tokens, so dropping them changes no result and keeps the attention at this
+        grid from growing with every layer piled up. Indices are None when every region is visible.
+        """
+        if query_length not in self._visible:
+            owners = self.query_owners(query_length)
+            present = torch.unique(owners)  # sorted
+            if len(present) == self.count:
+                self._visible[query_length] = (None, self.allowed(query_length, torch.device("cpu")))
+            else:
+                offsets = torch.arange(self.tokens)
+                keep = (present[:, None] * self.tokens + offsets[None, :]).flatten()
+                key_owner = present.repeat_interleave(self.tokens)
+                self._visible[query_length] = (keep, (owners[:, None] == key_owner[None, :])[None, None])
+        keep, allowed = self._visible[query_length]
+        return (None if keep is None else keep.to(device)), allowed.to(device)
 
 
 def attention_grids(latent_size: tuple[int, int]) -> dict[int, tuple[int, int]]:
@@ -134,10 +198,24 @@ class RegionalProcessorBase:
 
 
 class RegionalAttnProcessor(RegionalProcessorBase):
-    """MQD in one fused call: scaled-dot-product attention with a region mask over all prompts' tokens."""
+    """MQD in one fused call: scaled-dot-product attention with a region mask over the prompts' tokens.
+
+    At each grid only the regions that own a query there are attended (RegionMaps.visible_keys); their
+    keys and values are gathered once per layer per edit.
+    """
+
+    def __init__(self, maps: RegionMaps):
+        super().__init__(maps)
+        self._visible: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def attend(self, query, key, value):
-        allowed = self.maps.allowed(query.shape[2], query.device)
+        keep, allowed = self.maps.visible_keys(query.shape[2], query.device)
+        if keep is not None:
+            cached = self._visible.get(id(key))
+            if cached is None or cached[0] is not key:  # keys are cached per layer, so this runs once per edit
+                cached = (key, key.index_select(2, keep), value.index_select(2, keep))
+                self._visible[id(key)] = cached
+            key, value = cached[1], cached[2]
         return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed)
 
 

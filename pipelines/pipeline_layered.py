@@ -21,9 +21,9 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import bcg
-from .attention import ATTENTION_MODES, RegionalAttnProcessor, RegionMaps, regional_attention
+from .attention import ROUTING_MODES, RegionalAttnProcessor, RegionMaps, regional_attention, resolve_attention
 from .guidance import GUIDANCE_MODES, NEGATIVE_PROMPT_ERROR, GuidanceAdapter
-from .masks import latent_mask
+from .masks import BCG_MASKS, bcg_latent_mask, latent_mask
 from .schedulers import make_scheduler, schedule_fingerprint
 
 PRESERVE_MODES = ("pixels", "latents")
@@ -110,7 +110,7 @@ class LayeredPipeline(DiffusionPipeline):
     # ----------------------------------------------------------------- inputs
     def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
                      edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs,
-                     guidance="cfg"):
+                     guidance="cfg", bcg_mask="fractional", region_routing="majority"):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         if not isinstance(negative_prompt, str):
@@ -130,8 +130,11 @@ class LayeredPipeline(DiffusionPipeline):
         unknown = set(callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSOR_INPUTS)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may hold {CALLBACK_TENSOR_INPUTS}, got {sorted(unknown)}")
-        if attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+        resolve_attention(attention)  # raises for an unknown mode
+        if bcg_mask not in BCG_MASKS:
+            raise ValueError(f"bcg_mask must be one of {tuple(BCG_MASKS)}, got {bcg_mask!r}")
+        if region_routing not in ROUTING_MODES:
+            raise ValueError(f"region_routing must be one of {ROUTING_MODES}, got {region_routing!r}")
         if guidance not in GUIDANCE_MODES:
             raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
         if guidance == "distilled":
@@ -220,6 +223,8 @@ class LayeredPipeline(DiffusionPipeline):
         preserve: str = "pixels",
         attention: str = "mqd",
         guidance: str = "cfg",
+        bcg_mask: str = "fractional",
+        region_routing: str = "majority",
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> LayeredPipelineOutput:
@@ -229,13 +234,16 @@ class LayeredPipeline(DiffusionPipeline):
         with guidance="cfg", of 1 with the guidance adapter for "distilled"), step the scheduler,
         blend the background from memory (BCG) for all but the free final steps, record the
         latent; decode; keep the previous pixels outside the soft mask.
+        `bcg_mask` (masks.BCG_MASKS) and `region_routing` (attention.ROUTING_MODES) choose between our
+        rules and the reference code's, for ablations.
         """
         # 1. Check inputs
         default_w, default_h = self.default_size
         height = height or (edit.previous_image.shape[0] if edit is not None else default_h)
         width = width or (edit.previous_image.shape[1] if edit is not None else default_w)
         self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                          edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs, guidance)
+                          edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs, guidance,
+                          bcg_mask, region_routing)
         device = self._execution_device
         # guidance_scale <= 1 turns guidance off in either mode: one plain conditional pass per step
         do_cfg = guidance == "cfg" and guidance_scale > 1.0
@@ -261,7 +269,7 @@ class LayeredPipeline(DiffusionPipeline):
         #    schedules differ (the stored steps then sit at other noise levels)
         remembered, bcg_source, blend_steps, mask = None, "none", 0, None
         if edit is not None:
-            mask = latent_mask(edit.region, tuple(latents.shape[-2:]), device=device, dtype=latents.dtype)
+            mask = bcg_latent_mask(edit.region, tuple(latents.shape[-2:]), bcg_mask, device=device, dtype=latents.dtype)
             if edit.background == "renoise":
                 encoded = self.encode_image(edit.previous_image).to(latents.dtype)
                 remembered, bcg_source = bcg.renoised_trajectory(sampler, encoded, noise, timesteps), "renoise-image"
@@ -284,7 +292,8 @@ class LayeredPipeline(DiffusionPipeline):
         unet_evals = 0
         routing = contextlib.nullcontext()
         if regions:
-            maps = RegionMaps.from_masks([mask for _, mask in regions], prompt_embeds.shape[1], tuple(latents.shape[-2:]))
+            maps = RegionMaps.from_masks([mask for _, mask in regions], prompt_embeds.shape[1], tuple(latents.shape[-2:]),
+                                         region_routing)
             routing = regional_attention(self.unet, maps, self.region_processor)
         with routing, student, self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
@@ -324,10 +333,19 @@ class LayeredPipeline(DiffusionPipeline):
 
     @staticmethod
     def attention_regions(attention: str, edit: EditRegion | None, prompt_embeds: torch.Tensor):
-        """(embeds, mask) per region for MQD, back to front, the current edit last; [] = plain attention."""
+        """(embeds, mask) per region for MQD, back to front, the current edit last; [] = plain attention.
+
+        mqd: every earlier visible layer; qd-background: the background (layer 0) everywhere; qd-previous:
+        the layer just below everywhere (the reference code's QD).
+        """
+        attention = resolve_attention(attention)
         if edit is None or attention == "bcg" or not edit.earlier_regions:
             return []
-        earlier = list(edit.earlier_regions) if attention == "mqd" else [edit.earlier_regions[0]]
+        if attention == "mqd":
+            earlier = list(edit.earlier_regions)
+        else:
+            embeds, mask = edit.earlier_regions[-1 if attention == "qd-previous" else 0]
+            earlier = [(embeds, np.ones_like(mask, dtype=bool))]
         return earlier + [(prompt_embeds, edit.region)]
 
     def text_conditioning(self, prompt_embeds, negative_embeds, regions) -> torch.Tensor:
