@@ -13,8 +13,13 @@ Definitions (all per edit i, so they can be plotted against the edit index):
 - prior-layer preservation: for each earlier edit j < i, the same two numbers of steps[i] vs steps[j]
   inside j's visible region: masks[j] minus masks[j+1..i] (later edits occlude earlier ones);
 - edit success (shapes world): the exact detector finds the asked colour, and the asked shape,
-  inside masks[i] of steps[i]; object persistence: each earlier object is still found, in its
-  visible region, in steps[i];
+  inside masks[i] of steps[i];
+- earlier objects, like for like: for each earlier edit j < i whose object was found when it was
+  made, the detector is asked the same question about the same region R = j's still-visible region
+  after edit i (masks[j] minus masks[j+1..i]) in steps[j] and in steps[i]. `earlier_occluded`: the
+  object was findable in steps[j] in masks[j] but not in R (later boxes hide it: no one's fault);
+  `earlier_kept`: of those findable in R in steps[j], the share still found in R in steps[i]
+  (a perfect editor scores 100%);
 - what users see (against the image just before edit i, so per-edit changes are not blamed on earlier
   ones): `background_in_mask_psnr`, the background inside the rough mask away from the detected new
   object, and `seam_score`, how much sharper the rough mask's edge got than the gradient around it;
@@ -198,11 +203,16 @@ def detection(image: np.ndarray, region: np.ndarray, colour: str, shape: str) ->
 
 
 def edit_success(steps: list[np.ndarray], masks: list[np.ndarray], objects: list[tuple[str, str]]) -> list[dict]:
-    """Per edit i: was object i drawn inside its mask, and is every earlier object j still found in its
-    visible region of steps[i]? `objects[i]` is edit i's (colour, shape)."""
+    """Per edit i: was object i drawn inside its mask (`edit`), and for each earlier edit j, the detector's
+    verdict on object j inside j's still-visible region R (masks[j] minus masks[j+1..i]) in steps[j]
+    (`made`, the like-for-like baseline) and in steps[i] (`now`). `objects[i]` is edit i's (colour, shape)."""
     results = []
     for i, step in enumerate(steps):
-        earlier = [{"layer": j, **detection(step, visible_region(masks, j, i), *objects[j])} for j in range(i)]
+        earlier = []
+        for j in range(i):
+            region = visible_region(masks, j, i)
+            earlier.append({"layer": j, "made": detection(steps[j], region, *objects[j]),
+                            "now": detection(step, region, *objects[j])})
         results.append({"edit": detection(step, masks[i], *objects[i]), "earlier": earlier})
     return results
 
@@ -265,19 +275,22 @@ def median(values) -> float | None:
 def edit_rows(record: dict, costs: dict | None = None) -> list[dict]:
     """One flat row per edit of a (scene, method) record: the numbers the summaries aggregate.
 
-    `kept`: for each earlier object that was detected (colour and shape) right after its own edit,
-    whether it is still detected after this edit (object persistence).
+    `scene` names the record (a plan and a session seed) and `group` the plan its seeds share (the
+    unit the statistics resample). `earlier`: one entry per earlier object j that was found right
+    after its own edit: {layer, occluded (not findable in its still-visible region even then),
+    kept (None when occluded; else still found there now)}.
     """
     edits = record["edits"]
     seconds = (costs or {}).get("edit_seconds") or [None] * len(edits)
     rows = []
     for edit, took in zip(edits, seconds):
         detection = edit["detection"]
-        kept = None
+        earlier = None
         if detection is not None:
-            kept = [earlier["shape_found"] for earlier in detection["earlier"]
-                    if edits[earlier["layer"]]["detection"]["edit"]["shape_found"]]
+            earlier = [_earlier_row(e) for e in detection["earlier"]
+                       if edits[e["layer"]]["detection"]["edit"]["shape_found"]]
         rows.append({
+            "scene": record.get("scene"), "group": record.get("group", record.get("scene")),
             "index": edit["index"], "seconds": took, "unet_evals": edit["unet_evals"],
             "memory_bytes": edit["memory_bytes"], "clip_crop": edit["clip_crop"], "held_out": edit["held_out"],
             "background_psnr": _number(edit["background"]["psnr"]),
@@ -289,9 +302,14 @@ def edit_rows(record: dict, costs: dict | None = None) -> list[dict]:
             "seam": edit["seam"],
             "colour_found": None if detection is None else detection["edit"]["colour_found"],
             "shape_found": None if detection is None else detection["edit"]["shape_found"],
-            "kept": kept,
+            "earlier": earlier,
         })
     return rows
+
+
+def _earlier_row(entry: dict) -> dict:
+    occluded = not entry["made"]["shape_found"]
+    return {"layer": entry["layer"], "occluded": occluded, "kept": None if occluded else entry["now"]["shape_found"]}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -299,7 +317,10 @@ def summarise(rows: list[dict]) -> dict:
 
     - background_identical: share of edits whose background (outside all masks so far) is bit-identical;
     - success_colour / success_shape: share of judged edits whose object the detector found;
-    - persistence: share of (later edit, earlier detected object) pairs where that object is still found;
+    - earlier_kept: share of (later edit, earlier object found in its still-visible region when made)
+      pairs where it is still found there (like for like);
+    - earlier_occluded: share of (later edit, earlier object found when made) pairs where later boxes
+      leave too little of it to find, even in the image it was made in;
     - background_in_mask_psnr / seam: medians over edits (see the functions of those names).
     """
     def share(values):
@@ -316,7 +337,7 @@ def summarise(rows: list[dict]) -> dict:
 
     prior_psnr = [p for row in rows for p in row["prior_psnr"]]
     prior_diff = [d for row in rows for d in row["prior_max_abs_diff"]]
-    kept = [k for row in rows if row["kept"] is not None for k in row["kept"]]
+    earlier = [e for row in rows if row["earlier"] is not None for e in row["earlier"]]
     clip = [row["clip_crop"] for row in rows if row["clip_crop"] is not None]
     return {
         "edits": len(rows),
@@ -330,7 +351,8 @@ def summarise(rows: list[dict]) -> dict:
         "success_colour": share(row["colour_found"] for row in rows),
         "success_shape": share(row["shape_found"] for row in rows),
         "success_shape_held_out": share(row["shape_found"] for row in rows if row["held_out"]),
-        "persistence": share(kept) if kept else None,
+        "earlier_kept": share(e["kept"] for e in earlier),
+        "earlier_occluded": share(e["occluded"] for e in earlier),
         "background_in_mask_psnr": median(row["background_in_mask_psnr"] for row in rows),
         "seam": median(row["seam"] for row in rows),
         "clip_crop_mean": float(np.mean(clip)) if clip else None,
