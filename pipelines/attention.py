@@ -3,11 +3,12 @@
 Regions are built back to front: the background prompt owns every pixel, then each visible earlier
 layer takes its mask, then the current edit takes its mask, so later layers occlude earlier ones.
 The UNet receives all region prompts concatenated along the token axis; in every cross-attention
-layer ONE scaled-dot-product attention call runs with a boolean mask that lets a query see only
-its region's tokens (the reference code loops one attention call per region instead). Region
+layer ONE scaled-dot-product attention call lets a query see only its region's tokens (the
+reference code loops one attention call per region over all queries instead). Region
 maps are computed once per attention resolution per edit (ROUTING_MODES: by majority, or the
-reference code's erode-current/dilate-earlier), and a region that owns no query at a resolution is
-left out of that resolution's keys, so piling up hidden layers does not slow the coarse grids.
+reference code's erode-current/dilate-earlier). The call groups queries by region so each attends
+only to its region's tokens: its cost stays about twice plain cross-attention however many layers
+pile up, and a region hidden at a resolution costs nothing there.
 Self-attention is left alone, so a new object still sees its surroundings.
 """
 
@@ -85,7 +86,7 @@ class RegionMaps:
         self.grids = attention_grids(latent_size)
         self._owners: dict[int, torch.Tensor] = {}
         self._cache: dict[int, torch.Tensor] = {}
-        self._visible: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        self._buckets: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_masks(cls, region_masks: Sequence[np.ndarray], tokens_per_region: int, latent_size: tuple[int, int],
@@ -109,25 +110,31 @@ class RegionMaps:
             self._cache[query_length] = allowed[None, None]
         return self._cache[query_length].to(device)
 
-    def visible_keys(self, query_length: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(key token indices, bool [1, 1, Q, kept tokens]) without the regions that own no query at this grid.
+    def buckets(self, query_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries grouped by region into equal-size buckets, for attention without a mask.
 
-        A region hidden at a grid (occluded by later layers, or smaller than a cell) has no query that
-        may attend to its tokens, so dropping them changes no result and keeps the attention at this
-        grid from growing with every layer piled up. Indices are None when every region is visible.
+        Returns (region [G]: the region whose tokens bucket g attends to; slots [G, S]: the query indices
+        in each bucket, padded with query 0; position [Q]: where each query's result lands in the
+        flattened [G * S] output). S = ceil(Q / regions owning a query here), and a region fills
+        ceil(its queries / S) buckets, so G <= 2 x those regions and G x S < 2 Q: attention costs at most
+        about twice plain cross-attention however many layers are piled up, and a region hidden at this
+        grid (no query) gets no bucket at all.
         """
-        if query_length not in self._visible:
+        if query_length not in self._buckets:
             owners = self.query_owners(query_length)
             present = torch.unique(owners)  # sorted
-            if len(present) == self.count:
-                self._visible[query_length] = (None, self.allowed(query_length, torch.device("cpu")))
-            else:
-                offsets = torch.arange(self.tokens)
-                keep = (present[:, None] * self.tokens + offsets[None, :]).flatten()
-                key_owner = present.repeat_interleave(self.tokens)
-                self._visible[query_length] = (keep, (owners[:, None] == key_owner[None, :])[None, None])
-        keep, allowed = self._visible[query_length]
-        return (None if keep is None else keep.to(device)), allowed.to(device)
+            size = math.ceil(query_length / len(present))
+            regions, slots = [], []
+            position = torch.empty(query_length, dtype=torch.int64)
+            for region in present.tolist():
+                members = torch.nonzero(owners == region).flatten()
+                for start in range(0, len(members), size):
+                    chunk = members[start:start + size]
+                    position[chunk] = len(slots) * size + torch.arange(len(chunk))
+                    regions.append(region)
+                    slots.append(F.pad(chunk, (0, size - len(chunk))))
+            self._buckets[query_length] = (torch.tensor(regions), torch.stack(slots), position)
+        return tuple(t.to(device) for t in self._buckets[query_length])
 
 
 def attention_grids(latent_size: tuple[int, int]) -> dict[int, tuple[int, int]]:
@@ -198,25 +205,29 @@ class RegionalProcessorBase:
 
 
 class RegionalAttnProcessor(RegionalProcessorBase):
-    """MQD in one fused call: scaled-dot-product attention with a region mask over the prompts' tokens.
+    """MQD in one fused call: queries grouped by region (RegionMaps.buckets), each bucket attending to
+    its own region's prompt tokens only, in one scaled-dot-product attention call without a mask.
 
-    At each grid only the regions that own a query there are attended (RegionMaps.visible_keys); their
-    keys and values are gathered once per layer per edit.
+    The same result as one attention over all prompts' tokens with a region mask (masked tokens get
+    zero weight), at the cost of about two plain cross-attentions instead of one per region.
     """
 
     def __init__(self, maps: RegionMaps):
         super().__init__(maps)
-        self._visible: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._bucket_keys: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def attend(self, query, key, value):
-        keep, allowed = self.maps.visible_keys(query.shape[2], query.device)
-        if keep is not None:
-            cached = self._visible.get(id(key))
-            if cached is None or cached[0] is not key:  # keys are cached per layer, so this runs once per edit
-                cached = (key, key.index_select(2, keep), value.index_select(2, keep))
-                self._visible[id(key)] = cached
-            key, value = cached[1], cached[2]
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed)
+        batch, heads, length, dim = query.shape
+        regions, slots, position = self.maps.buckets(length, query.device)
+        cached = self._bucket_keys.get((id(key), length))
+        if cached is None or cached[0] is not key:  # keys are cached per layer, so this runs once per edit
+            tokens = self.maps.tokens
+            per_region = (batch, heads, self.maps.count, tokens, key.shape[-1])
+            cached = (key, *(t.view(per_region)[:, :, regions].flatten(1, 2) for t in (key, value)))
+            self._bucket_keys[(id(key), length)] = cached
+        grouped = query[:, :, slots].flatten(1, 2)  # [B, heads * G, S, dim]
+        out = F.scaled_dot_product_attention(grouped, cached[1], cached[2])
+        return out.view(batch, heads, -1, out.shape[-1])[:, :, position]
 
 
 class RegionLoopAttnProcessor(RegionalProcessorBase):
