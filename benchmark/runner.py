@@ -8,8 +8,11 @@ process writes its own scene files atomically, and finished (scene, method) pair
 rerun, so an interrupted benchmark resumes where it stopped. The main process merges
 the scene files into results.json, costs.json, the report and the figures (benchmark.report).
 
+Every method edits the same plans with the same session seeds (`plans.with_seeds`), so any two
+methods' results pair up edit by edit. Long-session plans (meta part "long") run LONG_METHODS only.
+
 Layout of --out:
-    run.json                     what was asked: config (model, suite, steps, seed, clip), plans, methods
+    run.json                     what was asked: config (model, suite, steps, seed, seeds, ...), plans, methods
     scenes/<scene>/<method>.json deterministic results + this pair's costs
     scenes/<scene>/<method>.png  the background and the image after each edit, side by side
     shards/process-<k>.json      per-process costs (peak memory, pairs run)
@@ -33,7 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from benchmark import metrics
-from benchmark.methods import Method, check_model
+from benchmark.methods import Method, check_model, runs_on
 from benchmark.plans import Plan, fit_prompt, pixel_box
 from editor import EditSettings, Session
 
@@ -49,6 +52,8 @@ class RunConfig:
     steps: int
     seed: int
     clip: str | None
+    seeds: int = 1  # session seeds per scene
+    long_sessions: int = 0  # 24-edit plans run next to the suite
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -139,18 +144,20 @@ def run_plan(session: Session, plan: Plan, clip: metrics.ClipCropScore | None = 
     prior = metrics.prior_layer_preservation(steps, masks)
     judged = all(edit.colour and edit.shape for edit in plan.edits)
     detected = metrics.edit_success(steps, masks, [(e.colour, e.shape) for e in plan.edits]) if judged else None
+    seen = metrics.what_users_see(background, steps, masks, [e.colour for e in plan.edits])
     edits = []
     for i, (edit, layer) in enumerate(zip(plan.edits, layers[1:])):
         edits.append({
             "index": i + 1, "prompt": prompts[i][0], "prompt_truncated": prompts[i][1], "box": list(boxes[i]),
             "seed": layer.seed, "held_out": edit.held_out, "bcg_source": layer.info.get("bcg"),
             "unet_evals": layer.info.get("unet_evals"), "memory_bytes": layer.nbytes,
-            "background": kept[i], "prior_layers": prior[i],
+            "background": kept[i], "prior_layers": prior[i], **seen[i],
             "detection": None if detected is None else detected[i],
             "clip_crop": None if clip is None else clip(steps[i], masks[i], edit.clip_text or prompts[i][0]),
         })
     results = {
-        "status": "ok", "size": list(session.size),
+        "status": "ok", "size": list(session.size), "group": plan.meta.get("scene", plan.name),
+        "part": plan.meta.get("part", "main"),
         "background": {"prompt": background_prompt, "prompt_truncated": background_cut, "seed": layers[0].seed,
                        "unet_evals": layers[0].info.get("unet_evals"), "memory_bytes": layers[0].nbytes},
         "edits": edits,
@@ -180,6 +187,11 @@ def run_pair(pipeline, model: str, plan: Plan, method: Method, clip, out: Path) 
     record = {"scene": plan.name, "method": method.name, **results, "costs": costs}
     write_atomic(result_path, json_bytes(record))
     return record
+
+
+def methods_for(plan: Plan, methods: list[Method]) -> list[Method]:
+    """The methods a plan runs: all of them, or LONG_METHODS for a long session (24 edits cost a lot)."""
+    return [m for m in methods if runs_on(plan.meta, m.name)]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -218,7 +230,8 @@ def run_benchmark(plans: list[Plan], methods: list[Method], config: RunConfig, o
     # 3. This process's scenes
     available = [m for m in methods if m.available]
     with state.split_between_processes(plans) as mine:
-        todo = [(plan, m) for plan in mine for m in available if not is_finished(out, plan.name, m.name)]
+        todo = [(plan, m) for plan in mine for m in methods_for(plan, available)
+                if not is_finished(out, plan.name, m.name)]
     failures, ran, started = [], 0, time.perf_counter()
     clip = metrics.ClipCropScore(config.clip, device=str(pipeline.device)) if config.clip and todo else None
     rank = state.process_index

@@ -329,7 +329,8 @@ class Session:
             prompt, config.negative_prompt, num_inference_steps=config.num_inference_steps,
             guidance_scale=config.guidance_scale, scheduler=config.scheduler, seed=seed, height=height, width=width,
             edit=edit, free_steps_ratio=config.free_steps_ratio, preserve=config.preserve,
-            attention=config.attention, guidance=config.guidance, callback_on_step_end=callback_on_step_end)
+            attention=config.attention, guidance=config.guidance, callback_on_step_end=callback_on_step_end,
+            bcg_mask=config.bcg_mask, region_routing=config.routing)
         return out, time.perf_counter() - started
 
     def _record(self, prompt: str, config: EditSettings, seed: int, out: LayeredPipelineOutput, seconds: float, *,

@@ -23,9 +23,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from . import bcg
 from .bcg import BackgroundMemory
 from .compositing import composite
-from .attention import ATTENTION_MODES, RegionalAttnProcessor, RegionMaps, regional_attention
+from .attention import ROUTING_MODES, RegionalAttnProcessor, RegionMaps, regional_attention, resolve_attention
 from .guidance import GUIDANCE_MODES, NEGATIVE_PROMPT_ERROR, GuidanceAdapter
-from .masks import latent_mask
+from .masks import BCG_MASKS, bcg_latent_mask, latent_mask
 from .schedulers import make_scheduler, schedule_fingerprint
 from .tight import MASK_FITS, ObjectTracker, object_pixels, soft_object_mask
 
@@ -119,7 +119,7 @@ class LayeredPipeline(DiffusionPipeline):
     # ----------------------------------------------------------------- inputs
     def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
                      edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs,
-                     guidance="cfg"):
+                     guidance="cfg", bcg_mask="fractional", region_routing="majority"):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         if not isinstance(negative_prompt, str):
@@ -139,8 +139,11 @@ class LayeredPipeline(DiffusionPipeline):
         unknown = set(callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSOR_INPUTS)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may hold {CALLBACK_TENSOR_INPUTS}, got {sorted(unknown)}")
-        if attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+        resolve_attention(attention)  # raises for an unknown mode
+        if bcg_mask not in BCG_MASKS:
+            raise ValueError(f"bcg_mask must be one of {tuple(BCG_MASKS)}, got {bcg_mask!r}")
+        if region_routing not in ROUTING_MODES:
+            raise ValueError(f"region_routing must be one of {ROUTING_MODES}, got {region_routing!r}")
         if guidance not in GUIDANCE_MODES:
             raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
         if guidance == "distilled":
@@ -231,6 +234,8 @@ class LayeredPipeline(DiffusionPipeline):
         preserve: str = "pixels",
         attention: str = "mqd",
         guidance: str = "cfg",
+        bcg_mask: str = "fractional",
+        region_routing: str = "majority",
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> LayeredPipelineOutput:
@@ -255,6 +260,10 @@ class LayeredPipeline(DiffusionPipeline):
             callback_on_step_end: diffusers' callback `(pipeline, step, timestep, tensors) -> tensors`,
                 called after BCG; it may return replaced "latents".
             callback_on_step_end_tensor_inputs: which tensors the callback receives.
+            bcg_mask: "fractional" (area-averaged latent mask, ours) or "binary" (nearest-resized, the reference
+                code's); see masks.BCG_MASKS. For ablations.
+            region_routing: "majority" (ours) or "erode-dilate" (the reference code's); see
+                attention.ROUTING_MODES. For ablations.
 
         Returns:
             LayeredPipelineOutput: the image, the trajectory (the latent after each step, after BCG), the
@@ -265,7 +274,8 @@ class LayeredPipeline(DiffusionPipeline):
         height = height or (edit.previous_image.shape[0] if edit is not None else default_h)
         width = width or (edit.previous_image.shape[1] if edit is not None else default_w)
         self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                          edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs, guidance)
+                          edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs, guidance,
+                          bcg_mask, region_routing)
         device = self._execution_device
         # guidance_scale <= 1 turns guidance off in either mode: one plain conditional pass per step
         do_cfg = guidance == "cfg" and guidance_scale > 1.0
@@ -287,7 +297,8 @@ class LayeredPipeline(DiffusionPipeline):
         latents = noise * sampler.init_noise_sigma
 
         # 5. What BCG follows, and where (the whole region, or the object as it forms)
-        memory = None if edit is None else self.prepare_background_memory(edit, sampler, noise, free_steps_ratio)
+        memory = None if edit is None else self.prepare_background_memory(edit, sampler, noise, free_steps_ratio,
+                                                                          bcg_mask)
         extra_channels = self.inpainting_inputs(edit, height, width) if self.is_inpainting_unet else None
 
         # 6. Distilled guidance: the adapter's weights and the scale's embedding (the teacher runs without both)
@@ -301,7 +312,8 @@ class LayeredPipeline(DiffusionPipeline):
         unet_evals = 0
         routing = contextlib.nullcontext()
         if regions:
-            maps = RegionMaps.from_masks([mask for _, mask in regions], prompt_embeds.shape[1], tuple(latents.shape[-2:]))
+            maps = RegionMaps.from_masks([mask for _, mask in regions], prompt_embeds.shape[1], tuple(latents.shape[-2:]),
+                                         region_routing)
             routing = regional_attention(self.unet, maps, self.region_processor)
         with routing, student, self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
@@ -344,12 +356,12 @@ class LayeredPipeline(DiffusionPipeline):
             info=info,
         )
 
-    def prepare_background_memory(self, edit: EditRegion, sampler, noise: torch.Tensor,
-                                  free_steps_ratio: float) -> BackgroundMemory:
+    def prepare_background_memory(self, edit: EditRegion, sampler, noise: torch.Tensor, free_steps_ratio: float,
+                                  bcg_mask: str = "fractional") -> BackgroundMemory:
         """The latents BCG blends in after each step: the stored trajectory, or the re-noised previous latent
         when the schedules differ (the stored steps then sit at other noise levels) or no memory is asked for."""
         timesteps = sampler.timesteps
-        region = latent_mask(edit.region, tuple(noise.shape[-2:]), device=noise.device, dtype=noise.dtype)
+        region = bcg_latent_mask(edit.region, tuple(noise.shape[-2:]), bcg_mask, device=noise.device, dtype=noise.dtype)
         if edit.background == "renoise":
             encoded = self.encode_image(edit.previous_image).to(noise.dtype)
             remembered, source = bcg.renoised_trajectory(sampler, encoded, noise, timesteps), "renoise-image"
@@ -374,10 +386,19 @@ class LayeredPipeline(DiffusionPipeline):
 
     @staticmethod
     def attention_regions(attention: str, edit: EditRegion | None, prompt_embeds: torch.Tensor):
-        """(embeds, mask) per region for MQD, back to front, the current edit last; [] = plain attention."""
+        """(embeds, mask) per region for MQD, back to front, the current edit last; [] = plain attention.
+
+        mqd: every earlier visible layer; qd-background: the background (layer 0) everywhere; qd-previous:
+        the layer just below everywhere (the reference code's QD).
+        """
+        attention = resolve_attention(attention)
         if edit is None or attention == "bcg" or not edit.earlier_regions:
             return []
-        earlier = list(edit.earlier_regions) if attention == "mqd" else [edit.earlier_regions[0]]
+        if attention == "mqd":
+            earlier = list(edit.earlier_regions)
+        else:
+            embeds, mask = edit.earlier_regions[-1 if attention == "qd-previous" else 0]
+            earlier = [(embeds, np.ones_like(mask, dtype=bool))]
         return earlier + [(prompt_embeds, edit.region)]
 
     def text_conditioning(self, prompt_embeds, negative_embeds, regions) -> torch.Tensor:

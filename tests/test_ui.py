@@ -192,7 +192,7 @@ def test_start_from_a_photo(client, tmp_path):
 def test_every_control_reaches_the_session(client, tmp_path):
     """Change one control at a time, edit, and read the new layer's recorded settings back."""
     changes = {"negative_prompt": "a dog", "num_inference_steps": 3, "guidance_scale": 3.0, "scheduler": "euler",
-               "free_steps_ratio": 0.5, "attention": "qd", "background": "renoise", "preserve": "latents",
+               "free_steps_ratio": 0.5, "attention": "qd-background", "background": "renoise", "preserve": "latents",
                "mask_dilation": 1, "mask_feather": 0}
     if app.has_guidance_setting():
         changes["guidance"] = "cfg"  # the only mode without a guidance adapter; see test_guidance_mode_control
