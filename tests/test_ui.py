@@ -9,6 +9,7 @@ import json
 import socket
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,18 +19,20 @@ from PIL import Image
 from tiny_models import IMAGE_SIZE, save_tiny_pipeline
 
 from editor import EditSettings, Session
-from ui import app
+from ui import app, controls, errors
+from ui.canvas import canvas_value, display_scale, mask_from_canvas
+from ui.handlers import Handlers
 from ui.cli import build_parser
 
 STEPS = 2
-SCALE = app.display_scale((IMAGE_SIZE, IMAGE_SIZE))  # the canvas shows the 32x32 images at 16x
+SCALE = display_scale((IMAGE_SIZE, IMAGE_SIZE))  # the canvas shows the 32x32 images at 16x
 STAR = (2, 3, 12, 14)  # (x0, y0, x1, y1) in image pixels, x horizontal
 CIRCLE = (18, 16, 29, 27)
 
 
 def settings(**changes) -> dict:
     """Values for the settings controls: the defaults, with few steps so the tests are fast."""
-    values = {name: getattr(EditSettings(), name, "cfg") for name in app.SETTING_CONTROLS}
+    values = {name: getattr(EditSettings(), name, "cfg") for name in controls.SETTING_CONTROLS}
     values.update({"num_inference_steps": STEPS, **changes})
     return values
 
@@ -79,7 +82,7 @@ def box_mask(box) -> np.ndarray:
 def painted_canvas(tmp_path: Path, result, *boxes) -> dict:
     """An ImageEditor value as a browser sends it: the upscaled image plus an RGBA stroke layer (canvas px)."""
     background = tmp_path / f"background-{len(list(tmp_path.iterdir()))}.png"
-    Image.fromarray(app.canvas_value(image_of(result))["background"]).save(background)
+    Image.fromarray(canvas_value(image_of(result))["background"]).save(background)
     layer = np.zeros((IMAGE_SIZE * SCALE, IMAGE_SIZE * SCALE, 4), dtype=np.uint8)
     for x0, y0, x1, y1 in boxes:
         layer[y0 * SCALE:y1 * SCALE, x0 * SCALE:x1 * SCALE] = (255, 45, 117, 153)
@@ -194,12 +197,11 @@ def test_every_control_reaches_the_session(client, tmp_path):
     changes = {"negative_prompt": "a dog", "num_inference_steps": 3, "guidance_scale": 3.0, "scheduler": "euler",
                "free_steps_ratio": 0.5, "attention": "qd-background", "background": "renoise", "preserve": "latents",
                "mask_dilation": 1, "mask_feather": 0}
-    if app.has_guidance_setting():
-        changes["guidance"] = "cfg"  # the only mode without a guidance adapter; see test_guidance_mode_control
-    assert set(changes) == set(app.SETTING_CONTROLS) & set(EditSettings.names())
+    changes["guidance"] = "cfg"  # the only mode without a guidance adapter; see test_guidance_mode_control
+    assert set(changes) == set(controls.SETTING_CONTROLS) & set(EditSettings.names())
     result = generate(client, seed=9)
     baseline = client.predict(index=0, api_name="/select_layer")
-    names = list(app.SETTING_CONTROLS)
+    names = list(controls.SETTING_CONTROLS)
     for layer, (name, changed) in enumerate(changes.items(), start=1):
         result = edit(client, painted_canvas(tmp_path, result, STAR), "a red star", **{name: changed})
         echoed = dict(zip(names, map(value, client.predict(index=layer, api_name="/select_layer")[4:-1]),
@@ -216,9 +218,16 @@ def test_generating_events_take_every_settings_control(server):
     """generate, edit, replace and start_from_image all read the same settings controls."""
     config = server[0].config
     inputs = {dep["api_name"]: dep["inputs"] for dep in config["dependencies"] if dep.get("api_name")}
-    tail = inputs["edit"][-len(app.SETTING_CONTROLS):]
+    tail = inputs["edit"][-len(controls.SETTING_CONTROLS):]
     for name in ("generate", "replace", "start_from_image"):
-        assert inputs[name][-len(app.SETTING_CONTROLS):] == tail
+        assert inputs[name][-len(controls.SETTING_CONTROLS):] == tail
+    # The HTTP API names each control's parameter after its setting (clients call predict(scheduler=...)).
+    endpoints = server[0].get_api_info()["named_endpoints"]
+    for name in ("generate", "edit", "replace", "start_from_image"):
+        parameters = [parameter["parameter_name"] for parameter in endpoints[f"/{name}"]["parameters"]]
+        assert parameters[-len(controls.SETTING_CONTROLS):] == list(controls.SETTING_CONTROLS)
+    assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]][:8] == [
+        "canvas", "prompt", "seed_mode", "seed", "mask_mode", "x0", "y0", "x1"]
 
 
 def test_two_browser_sessions_do_not_interfere(server, tmp_path):
@@ -266,28 +275,28 @@ def test_strokes_map_back_to_image_pixels():
     layer[3 * SCALE:5 * SCALE, 6 * SCALE:10 * SCALE, 3] = 255  # image pixels x 6..9, y 3..4
     layer[20 * SCALE, 20 * SCALE, 3] = 255  # one canvas pixel, not at an image pixel's centre
     value = {"background": None, "layers": [layer], "composite": None}
-    mask = app.mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE))
+    mask = mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE))
     assert np.array_equal(mask, box_mask((6, 3, 10, 5)))
-    assert app.mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "stroke box") == (6, 3, 21, 21)
-    assert app.mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "box", (1, 2, 3, 4)) == (1, 2, 3, 4)
-    assert app.mask_from_canvas({"layers": []}, (IMAGE_SIZE, IMAGE_SIZE)) is None
+    assert mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "stroke box") == (6, 3, 21, 21)
+    assert mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "box", (1, 2, 3, 4)) == (1, 2, 3, 4)
+    assert mask_from_canvas({"layers": []}, (IMAGE_SIZE, IMAGE_SIZE)) is None
     thin = np.zeros_like(layer)
     thin[0, :, 3] = 255
     with pytest.raises(ValueError, match="too thin"):
-        app.mask_from_canvas({"layers": [thin]}, (IMAGE_SIZE, IMAGE_SIZE))
+        mask_from_canvas({"layers": [thin]}, (IMAGE_SIZE, IMAGE_SIZE))
 
 
-def test_settings_from_controls():
+def test_settings_controls_become_edit_settings():
     values = settings(num_inference_steps=4.0, mask_feather=3.0, negative_prompt="blurry")
-    converted = app.settings_from_controls(**values)
+    converted = controls.SettingsControls(**values).edit_settings()
     assert converted["num_inference_steps"] == 4 and isinstance(converted["mask_feather"], int)
-    assert set(converted) == set(app.SETTING_CONTROLS) & set(EditSettings.names())
-    EditSettings().updated(**converted)  # all valid setting names
+    assert set(converted) == set(controls.SETTING_CONTROLS) and set(converted) <= set(EditSettings.names())
+    assert EditSettings().updated(**converted).negative_prompt == "blurry"
     with pytest.raises(ValueError, match="whole number"):
-        app.settings_from_controls(**settings(num_inference_steps=2.5))
-    if app.has_guidance_setting():
-        distilled = app.settings_from_controls(**settings(guidance="distilled", negative_prompt="x"))
-        assert distilled["negative_prompt"] == ""
+        controls.SettingsControls(**settings(num_inference_steps=2.5)).edit_settings()
+    distilled = controls.SettingsControls(**settings(guidance="distilled", negative_prompt="x")).edit_settings()
+    assert distilled["negative_prompt"] == ""
+    assert controls.SettingsControls(**settings(negative_prompt=None)).edit_settings()["negative_prompt"] == ""
 
 
 class _Pipeline:
@@ -302,29 +311,29 @@ def _component(demo, label):
 
 
 @pytest.mark.parametrize("adapter", [False, True])
-def test_guidance_mode_control(adapter, monkeypatch):
+def test_guidance_mode_control(adapter):
     demo = app.build_app(_Pipeline(adapter))
     control = _component(demo, "Guidance mode")
-    assert control.visible == app.has_guidance_setting()
+    assert control is demo.components.settings["guidance"] and control.interactive is adapter
     assert [choice[1] for choice in control.choices] == (["cfg", "distilled"] if adapter else ["cfg"])
-    assert app._guidance_changed("distilled")["interactive"] is False
-    assert app._guidance_changed("cfg")["interactive"] is True
-    monkeypatch.setattr(app, "has_guidance_setting", lambda: False)
-    assert _component(app.build_app(_Pipeline(adapter)), "Guidance mode").visible is False
+    assert Handlers.guidance_changed("distilled")["interactive"] is False
+    assert Handlers.guidance_changed("cfg")["interactive"] is True
 
 
 def test_the_canvas_shows_the_image_upscaled_without_strokes():
     image = np.random.default_rng(0).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    value = app.canvas_value(Image.fromarray(image))
+    value = canvas_value(Image.fromarray(image))
     assert value["layers"] == [] and value["background"].shape == (IMAGE_SIZE * SCALE, IMAGE_SIZE * SCALE, 3)
     assert np.array_equal(value["background"][::SCALE, ::SCALE], image)
     assert np.array_equal(value["background"], image.repeat(SCALE, 0).repeat(SCALE, 1))
-    assert app.Handlers.canvas(None) is None
+    assert Handlers.canvas(None) is None  # the follow-up event after every change shows the session's image:
+    assert np.array_equal(Handlers.canvas(SimpleNamespace(image=Image.fromarray(image)))["background"],
+                          value["background"])
 
 
 def test_the_canvas_is_an_integer_upscale():
-    assert app.display_scale((64, 64)) == 8 and app.display_scale((512, 512)) == 1
-    assert app.display_scale((32, 32)) == 16 and app.display_scale((768, 512)) == 1
+    assert display_scale((64, 64)) == 8 and display_scale((512, 512)) == 1
+    assert display_scale((32, 32)) == 16 and display_scale((768, 512)) == 1
 
 
 def test_cli_ui_command_binds_localhost_and_offers_no_share_link():
@@ -342,22 +351,22 @@ def test_handlers_wrap_errors_and_keep_gradio_errors():
 
     for kind in (ValueError, TypeError, IndexError):
         with pytest.raises(gr.Error, match="the message"):
-            app.friendly(fails)(kind)
+            errors.friendly(fails)(kind)
     with pytest.raises(gr.Error, match="the message"):
-        app.friendly(fails)(gr.Error)
+        errors.friendly(fails)(gr.Error)
 
 
 def test_library_warnings_become_ui_warnings(monkeypatch):
     import warnings
 
     shown = []
-    monkeypatch.setattr(app.gr, "Warning", shown.append)
+    monkeypatch.setattr(errors.gr, "Warning", shown.append)
 
     def warns():
         warnings.warn("the mask covers the whole image", stacklevel=1)
         return "done"
 
-    assert app.friendly(warns)() == "done"
+    assert errors.friendly(warns)() == "done"
     assert shown == ["the mask covers the whole image"]
 
 

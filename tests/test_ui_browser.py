@@ -104,12 +104,12 @@ def distance_to_segment(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.
 
 
 def test_paint_a_stroke_and_edit_in_the_browser(server, page, tmp_path):
-    from ui import app
+    from ui.canvas import brush_size, display_scale
 
     demo, url = server
     pipeline = demo.handlers.pipeline
     size = pipeline.default_size
-    scale = app.display_scale(size)
+    scale = display_scale(size)
     page.goto(url)
     page.wait_for_selector("#generate")
     page.fill("#prompt textarea", "a grass background")
@@ -167,7 +167,7 @@ def test_paint_a_stroke_and_edit_in_the_browser(server, page, tmp_path):
     path = np.array(STROKE) * np.array(size)
     rows, cols = np.nonzero(mask)
     centres = np.stack([cols + 0.5, rows + 0.5], axis=1)
-    brush_radius = app.brush_size(scale) / scale  # in image px
+    brush_radius = brush_size(scale) / scale  # in image px
     nearest = np.min([distance_to_segment(centres, a, b) for a, b in zip(path, path[1:])], axis=0)
     assert nearest.max() <= brush_radius + 1.5
     for a, b in zip(path, path[1:]):

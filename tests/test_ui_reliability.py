@@ -17,15 +17,17 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from gradio import State
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from test_ui import CIRCLE, STAR, captions, edit, free_port, generate, image_of, painted_canvas, settings
 from tiny_models import save_tiny_pipeline
 
 from editor import Session
-from ui import app
+from ui import app, errors
 from ui.autosave import ENV_FOLDER, Autosave, default_folder
 from ui.cli import autosave_from_args, build_parser, main
+from ui.layout import SESSION_IDLE_TTL_S
 
 CLIENTS = 4
 EDITS = 10  # per client, after its background: 11 layers each
@@ -125,7 +127,7 @@ def test_an_interrupted_autosave_keeps_the_previous_one_and_the_edit_still_succe
     before = entry.path.read_bytes()
 
     shown = []
-    monkeypatch.setattr(app.gr, "Warning", shown.append)
+    monkeypatch.setattr(errors.gr, "Warning", shown.append)
     write = zipfile.ZipFile.writestr
 
     def disk_full_part_way(archive, name, data, *args, **kwargs):
@@ -271,8 +273,8 @@ def run_load_test(pipeline, model, autosave: Autosave, start, steps: int, max_qu
     """CLIENTS browser sessions at once, each: generate + EDITS edits (box masks), then close. Returns numbers."""
     demo, url = start(pipeline, model, autosave, max_queue=max_queue)
     handlers = demo.handlers
-    [state] = [block for block in demo.blocks.values() if isinstance(block, app.gr.State)]
-    assert (state.time_to_live, state.delete_callback) == (app.SESSION_IDLE_TTL_S, handlers.session_closed)
+    [state] = [block for block in demo.blocks.values() if isinstance(block, State)]
+    assert (state.time_to_live, state.delete_callback) == (SESSION_IDLE_TTL_S, handlers.session_closed)
     counts = {"completed": 0, "refused": 0, "in_flight": 0, "max_in_flight": 0, "max_live_sessions": 0}
     lock = threading.Lock()
     results, errors = {}, []
