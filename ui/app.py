@@ -4,7 +4,7 @@ The app is put together from its parts, each one idea:
 - ui/layout.py: `create_components`, the layout (no events);
 - ui/events.py: `wire_events`, which event of which component calls which handler;
 - ui/handlers.py: `Handlers`, plain functions of component values that call editor.Session (no diffusion code);
-- ui/controls.py, ui/canvas.py, ui/export.py: pure helpers for control values, the canvas and the zip export.
+- ui/controls.py, ui/canvas.py: pure helpers for control values and the canvas (exports: editor/export.py).
 
 Every change to a browser session is autosaved (ui/autosave.py) when the app has an autosave folder; on
 page load the app offers to restore one of the newest autosaves. A closed tab's Session is freed at once

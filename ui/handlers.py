@@ -25,7 +25,6 @@ from ui.autosave import Autosave
 from ui.autosave import new_id as new_autosave_id
 from ui.canvas import canvas_value, display_scale, layer_caption, layer_thumbnail, mask_from_canvas
 from ui.controls import GUIDANCE_NOTE, SETTING_CONTROLS, SettingsControls, guidance_choices, pick_seed, whole_number
-from ui.export import export_zip
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +217,7 @@ class Handlers:
 
     def export(self, session):
         session = self._require_image(session, "export")
-        return str(export_zip(session, self._scratch_file("layered-edit-layers.zip")))
+        return str(session.export(self._scratch_file("layered-edit-layers.zip")))
 
     # -------------------------------------------------------------- autosave and restore
     def autosave_session(self, session) -> None:
