@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import flow_matching
 from .tight import ObjectTracker
 
 
@@ -32,8 +33,11 @@ def renoised_trajectory(scheduler, final_latent: torch.Tensor, noise: torch.Tens
 
     Entry i is the previous final latent noised to the level the sample has after step i (the
     level of timestep i+1; the last entry is the clean latent), with the session's own noise so
-    untouched regions stay coherent with the rest of the trajectory.
+    untouched regions stay coherent with the rest of the trajectory. On a flow-matching schedule (SD3, FLUX)
+    the levels are the sampler's sigmas: see flow_matching.renoised_trajectory.
     """
+    if flow_matching.is_flow_matching(scheduler):
+        return flow_matching.renoised_trajectory(scheduler, final_latent, noise)
     levels = list(timesteps[1:])
     trajectory = [scheduler.add_noise(final_latent, noise, torch.as_tensor([t])) for t in levels]
     trajectory.append(final_latent)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+from . import flow_matching
+
 # Only deterministic samplers: an edit must be reproducible from its seed, and BCG indexes the
 # stored trajectory by step, which ancestral samplers would make depend on fresh noise.
 SCHEDULERS = {
@@ -22,5 +24,10 @@ def make_scheduler(name: str, base_config):
 
 
 def schedule_fingerprint(scheduler) -> tuple[str, tuple[int, ...]]:
-    """(scheduler class, timesteps): two edits can share a stored trajectory only if these match."""
+    """(scheduler class, timesteps): two edits can share a stored trajectory only if these match.
+
+    Flow-matching timesteps are fractions; they are recorded in thousandths (flow_matching.flow_fingerprint).
+    """
+    if flow_matching.is_flow_matching(scheduler):
+        return flow_matching.flow_fingerprint(scheduler)
     return type(scheduler).__name__, tuple(int(t) for t in scheduler.timesteps.tolist())
