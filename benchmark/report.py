@@ -130,7 +130,8 @@ def report(collected: dict, rows: dict[str, list[dict]], summary: dict, shards: 
     run, config = collected["run"], collected["run"]["config"]
     methods = [m["name"] for m in run["methods"] if m["name"] in summary]
     lines = [f"# Sequential-edit benchmark: {config['suite']}", "",
-             f"Model `{config['model']}`, {config['steps']} steps, seed {config['seed']}; "
+             f"Model `{config['model']}`, settings preset {config.get('preset', 'default')}, {config['steps']} steps, "
+             f"seed {config['seed']}; "
              f"{len(collected['records'])} of {len(run['plans'])} scenes; metrics are defined in "
              "`benchmark/metrics.py`.", ""]
 

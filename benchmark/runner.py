@@ -49,6 +49,7 @@ class RunConfig:
     steps: int
     seed: int
     clip: str | None
+    preset: str = "default"  # editor.settings.PRESETS: the settings the methods build on
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -98,7 +99,7 @@ def is_finished(out: Path, scene: str, method: str) -> bool:
 
 
 def check_run_config(out: Path, config: RunConfig) -> None:
-    """Refuse to mix results of different models, suites, step counts, seeds or CLIP models in one --out."""
+    """Refuse to mix results of different models, suites, step counts, seeds, CLIP models or presets in one --out."""
     path = out / "run.json"
     if not path.is_file():
         return

@@ -314,6 +314,10 @@ def load_guidance_adapter(pipeline, folder: str | Path) -> GuidanceAdapter:
     `pipeline.has_guidance_adapter` is True; guidance="cfg" still runs the unmodified UNet.
     """
     folder = Path(folder)
+    family = read_guidance_config(folder).get("family")
+    if family not in (None, pipeline.family.name):
+        raise ValueError(f"the guidance adapter in {folder} was trained on a {family!r} model; this is a "
+                         f"{pipeline.family.name!r} model: train one for it with `python -m training distill`")
     unload_guidance_adapter(pipeline)
     unet = pipeline.denoiser
     try:

@@ -11,14 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PixArtTransformer2DModel,
-                       UNet2DConditionModel)
+from diffusers import (
+    AutoencoderKL,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    PixArtTransformer2DModel,
+    UNet2DConditionModel,
+)
+from tiny_models import IMAGE_SIZE, MAX_TOKENS, WORDS, tiny_pipeline, tiny_tokenizer
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerFast,
-                          T5Config, T5EncoderModel)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5EncoderModel,
+)
 
 from pipelines import LayeredPipeline
-from tiny_models import IMAGE_SIZE, MAX_TOKENS, WORDS, tiny_pipeline, tiny_tokenizer
 
 FAMILIES = ("sd", "sdxl", "pixart")
 T5_TOKENS = 16  # the tiny T5 window; most test prompts are shorter, so every prompt has padding

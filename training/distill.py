@@ -502,7 +502,8 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
                                scheduler_config=pipeline.scheduler.config)
         unet.train()
         meta = {
-            "base_model": base_model, "scale_range": [G.MIN_SCALE, config.max_scale], "lora_gain": config.lora_gain,
+            "base_model": base_model, "family": pipeline.family.name,
+            "scale_range": [G.MIN_SCALE, config.max_scale], "lora_gain": config.lora_gain,
             "loss": config.loss, "steps": step, "minutes": round(spent + (time.perf_counter() - started) / 60, 2),
             "data": config.data, "lr": config.lr, "batch_size": config.batch_size,
             "sample_steps": list(config.sample_steps), "hardware": hardware(),
