@@ -9,6 +9,7 @@ resolution conditioning and learned-sigma output.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,8 +17,14 @@ import torch
 import torch.nn.functional as F
 from gradio_client import Client
 from PIL import Image
-from tiny_families import save_tiny_family, tiny_family_pipeline
+from tiny_families import (
+    save_tiny_family,
+    sentencepiece_tokenizer_folder,
+    tiny_family_pipeline,
+    tiny_pixart_pipeline,
+)
 from tiny_models import IMAGE_SIZE, tiny_pipeline
+from transformers import T5Tokenizer
 
 import pipelines.attention as attention_module
 from benchmark.cli import main as bench_main
@@ -90,6 +97,22 @@ def test_the_family_is_read_from_the_components(name, tmp_path):
     pipeline = Session.from_pretrained(folder, device="cpu").pipeline
     assert type(pipeline.family) is FAMILY_CLASSES[name]
     assert pipeline.default_size == SIZE
+
+
+def test_a_pixart_folder_with_a_sentencepiece_tokenizer_loads_as_published(tmp_path):
+    """PixArt-α's folder holds T5's tokenizer as spiece.model only (the `pixart` extra reads it)."""
+    published = sentencepiece_tokenizer_folder(tmp_path / "spm")
+    folder = tmp_path / "pixart"
+    tiny_pixart_pipeline(tokenizer=T5Tokenizer.from_pretrained(published)).save_pretrained(folder)
+    shutil.rmtree(folder / "tokenizer")
+    shutil.copytree(published, folder / "tokenizer")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "tokenizer": ["transformers", "T5Tokenizer"]}))
+    pipeline = Session.from_pretrained(folder, device="cpu").pipeline
+    text = pipeline.encode_prompt("a red star")
+    assert type(pipeline.family) is PixArtAlpha and text.tokens == 16
+    assert text.attention_mask[0].tolist() == [True] * pipeline.family.prompt_token_count("a red star") + [False] * (
+        16 - pipeline.family.prompt_token_count("a red star"))
 
 
 def test_a_folder_of_an_unsupported_family_is_refused_before_loading(tmp_path):

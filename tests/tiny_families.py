@@ -82,11 +82,30 @@ def t5_tokenizer() -> PreTrainedTokenizerFast:
                                    model_max_length=T5_TOKENS)
 
 
-def tiny_pixart_pipeline(seed: int = 0) -> LayeredPipeline:
+def sentencepiece_tokenizer_folder(folder: Path) -> Path:
+    """A T5 tokenizer folder as PixArt-α ships it: a SentencePiece model (spiece.model) and its config only."""
+    import json
+
+    import sentencepiece
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = folder.parent / f"{folder.name}-corpus.txt"
+    corpus.write_text("\n".join(" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))) * 10)
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=60, pad_id=0, eos_id=1, unk_id=2,
+        bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", minloglevel=2)
+    (folder / "spiece.vocab").unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "T5Tokenizer", "model_max_length": T5_TOKENS, "extra_ids": 0, "eos_token": "</s>",
+         "pad_token": "<pad>", "unk_token": "<unk>"}))
+    return folder
+
+
+def tiny_pixart_pipeline(seed: int = 0, tokenizer=None) -> LayeredPipeline:
     """PixArt-α-shaped: 2 blocks of 3 heads x 8, patch 2 (8x8 tokens for 16x16 latents), T5 width 32, resolution
     and aspect-ratio conditioning on (as at 1024 px), 8 output channels (learned sigma)."""
     torch.manual_seed(seed)
-    tokenizer = t5_tokenizer()
+    tokenizer = tokenizer or t5_tokenizer()
     text_encoder = T5EncoderModel(T5Config(
         vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
