@@ -3,6 +3,7 @@
     layered-edit bench --suite shapes --seeds 3 --long-sessions 3 --out benchmark/results/shapes   # the full run
     layered-edit bench --suite shapes --limit 10 --out bench-out
     python -m benchmark --suite multiedit --methods naive,full --model path/to/sd --clip path/to/clip
+    layered-edit bench --suite multiedit --model PixArt-alpha/PixArt-XL-2-1024-MS --preset paper   # the paper's setting
     accelerate launch --multi_gpu --num_processes 2 -m benchmark --suite shapes --out bench-out   # 2 processes
     python -m benchmark --merge-only --out bench-out                                        # rebuild the report
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from benchmark.methods import METHODS
 from benchmark.plans import SUITES
+from editor.settings import PRESETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -37,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--long-sessions", type=int, default=0, metavar="N",
                         help="also run N long sessions of 24 edits (methods naive, bcg, mqd, full) with the shapes "
                              "suite (default: 0)")
-    parser.add_argument("--steps", type=int, help="denoising steps (default: the session default)")
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                        help="base settings the methods build on: default, or paper (the official code's: "
+                             "DPM-Solver++ 20 steps, CFG 7.5, 20%% free steps, whole-box repaint)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     parser.add_argument("--device", help="cpu or cuda (default: accelerate's device for this process)")
     parser.add_argument("--merge-only", action="store_true",
                         help="only merge the scene files in --out into results.json and the report")
@@ -78,12 +83,12 @@ def run_bench(args) -> int:
     # cpu=True lets processes started by torchrun (e.g. `accelerate launch --multi_gpu`) on a machine
     # without CUDA join through gloo; accelerate's own `--cpu` launcher starts them only through mpirun.
     state = PartialState(cpu=(args.device or "").startswith("cpu") or not torch.cuda.is_available())
-    defaults = EditSettings().updated(num_inference_steps=args.steps)
+    defaults = EditSettings.preset(args.preset).updated(num_inference_steps=args.steps)
     plans = suite_plans(args.suite, args.seed)[:args.limit] + long_shapes_plans(args.seed, args.long_sessions)
     plans = with_seeds(plans, args.seeds)
     methods = select(args.methods, defaults)
     config = RunConfig(model=args.model, suite=args.suite, steps=defaults.num_inference_steps, seed=args.seed,
-                       clip=args.clip, seeds=args.seeds, long_sessions=args.long_sessions)
+                       clip=args.clip, seeds=args.seeds, long_sessions=args.long_sessions, preset=args.preset)
     run_benchmark(plans, methods, config, out, device=args.device or state.device, state=state)
     state.wait_for_everyone()
     if not state.is_main_process:

@@ -74,7 +74,7 @@ def unet_call_cost(pipeline, repeats: int) -> dict:
     unet = pipeline.unet
     width, height = pipeline.default_size
     latent = pipeline.initial_noise(0, height, width)
-    text = pipeline.encode_prompt("")
+    text = pipeline.encode_prompt("").embeds
     t = pipeline.scheduler.config.num_train_timesteps // 2  # cost does not depend on t
     times = {1: [], 2: []}
     for round_index in range(3 + repeats * 5):
@@ -103,8 +103,8 @@ def per_step_relative_error(pipeline, prompts: list[str], scale: float, steps: i
     device, dtype = unet.device, unet.dtype
     sampler = make_scheduler("ddim", pipeline.scheduler.config)
     sampler.set_timesteps(steps, device=device)
-    cond = torch.cat([pipeline.encode_prompt(p) for p in prompts])
-    uncond = pipeline.encode_prompt("").expand_as(cond)
+    cond = torch.cat([pipeline.encode_prompt(p).embeds for p in prompts])
+    uncond = pipeline.encode_prompt("").embeds.expand_as(cond)
     width, height = pipeline.default_size
     latents = torch.cat([pipeline.initial_noise(seed + i, height, width) for i in range(len(prompts))])
     latents = latents * sampler.init_noise_sigma

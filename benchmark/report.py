@@ -201,7 +201,8 @@ def report(collected: dict, rows: dict[str, list[dict]], long_rows: dict[str, li
     methods = list(rows)
     groups = sorted({r["group"] for method_rows in rows.values() for r in method_rows})
     lines = [f"# Sequential-edit benchmark: {config['suite']}", "",
-             f"Model `{config['model']}`, {config['steps']} steps, plan seed {config['seed']}, "
+             f"Model `{config['model']}`, settings preset {config.get('preset', 'default')}, {config['steps']} steps, "
+             f"plan seed {config['seed']}, "
              f"{config.get('seeds', 1)} session seed(s) per scene; {len(groups)} scenes "
              f"({sum(1 for r in collected['records'].values() if any(x.get('part', 'main') == 'main' for x in r.values()))}"
              f" scene-seed runs) and {len({r['group'] for m in long_rows.values() for r in m})} long session(s); "

@@ -54,6 +54,7 @@ class RunConfig:
     clip: str | None
     seeds: int = 1  # session seeds per scene
     long_sessions: int = 0  # 24-edit plans run next to the suite
+    preset: str = "default"  # editor.settings.PRESETS: the settings the methods build on
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -103,7 +104,7 @@ def is_finished(out: Path, scene: str, method: str) -> bool:
 
 
 def check_run_config(out: Path, config: RunConfig) -> None:
-    """Refuse to mix results of different models, suites, step counts, seeds or CLIP models in one --out."""
+    """Refuse to mix results of different models, suites, step counts, seeds, CLIP models or presets in one --out."""
     path = out / "run.json"
     if not path.is_file():
         return

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from memory import LayerMemory, LayerRecord, MemoryStateError, ProjectError, load_project, save_project
-from pipelines import EditRegion, LayeredPipeline, LayeredPipelineOutput, load_pipeline, masks
+from pipelines import EditRegion, LayeredPipeline, LayeredPipelineOutput, TextConditioning, load_pipeline, masks
 from pipelines.loading import EMBEDDED
 
 from .export import export_layers
@@ -64,15 +63,20 @@ class Session:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | None = EMBEDDED, device=None, dtype=None, *,
-                        guidance_adapter: str | Path | bool | None = None, **defaults) -> Session:
+                        guidance_adapter: str | Path | bool | None = None, preset: str = "default",
+                        **defaults) -> Session:
         """Open a session on the embedded model (default), a local diffusers folder or a hub id.
 
+        Any supported family loads (SD-1.x/2.x, SDXL, PixArt-α); the folder's components decide which.
         `guidance_adapter`: a folder made by `python -m training distill` (enables guidance="distilled");
         None loads `<model folder>/guidance` when present (the embedded model ships one); False loads none.
+        `preset`: a settings bundle of editor.settings.PRESETS ("paper": the official code's settings);
+        `defaults` (EditSettings names) override it.
         """
         source = EMBEDDED if path_or_id is None else str(path_or_id)
+        settings = EditSettings.preset(preset).updated(**defaults)
         pipeline = load_pipeline(source, device=device, dtype=dtype, guidance_adapter=guidance_adapter)
-        return cls(pipeline, model=source, defaults=EditSettings().updated(**defaults))
+        return cls(pipeline, model=source, defaults=settings)
 
     # ------------------------------------------------------------------ state
     @property
@@ -143,10 +147,11 @@ class Session:
         started = time.perf_counter()
         trajectory, schedule = self.pipeline.trajectory_from_image(
             pixels, num_inference_steps=config.num_inference_steps, scheduler=config.scheduler, seed=seed)
+        prompt_embeds, extras = self.pipeline.encode_prompt(prompt).storage()
         out = LayeredPipelineOutput(
-            image=pixels, decoded=pixels, trajectory=trajectory, schedule=schedule,
-            prompt_embeds=self.pipeline.encode_prompt(prompt).to("cpu", torch.float16),
-            negative_prompt_embeds=None, info={"bcg": "none", "unet_evals": 0, "source": "photo"})
+            image=pixels, decoded=pixels, trajectory=trajectory, schedule=schedule, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=None, info={"bcg": "none", "unet_evals": 0, "source": "photo"},
+            extra_tensors=extras)
         full = np.ones(pixels.shape[:2], dtype=bool)
         record = self._record(prompt, config, seed, out, time.perf_counter() - started, kind="background",
                               user_mask=full, region=full, soft=full.astype(np.float32))
@@ -238,7 +243,8 @@ class Session:
         The write is atomic: an interrupted save leaves the previous project at `path` intact.
         """
         self._require_background("save")
-        meta = {"model": self.model, "defaults": self._defaults.to_dict()}
+        meta = {"model": self.model, "model_identity": self.pipeline.model_identity,
+                "defaults": self._defaults.to_dict()}
         save_project(path, self.layers, meta)
         return Path(path)
 
@@ -264,6 +270,7 @@ class Session:
         if pipeline is None:
             pipeline = load_pipeline(model, device=device, dtype=dtype, guidance_adapter=guidance_adapter)
         session = cls(pipeline, model=model, defaults=defaults)
+        session._check_identity(meta.get("model_identity"), path)
         session._check_compatible(layers, path)
         if layers:
             session._memory.commit(tuple(layers), "load")
@@ -304,7 +311,8 @@ class Session:
         edit = EditRegion(region=region, soft_mask=soft, previous_image=np.asarray(base.image),
                           previous_trajectory=base.trajectory, previous_schedule=base.schedule,
                           background=config.background, mask_fit=config.mask_fit, feather_px=config.mask_feather,
-                          earlier_regions=[(layer.prompt_embeds, np.asarray(layer.mask) > 0) for layer in visible])
+                          earlier_regions=[(TextConditioning.from_storage(layer.prompt_embeds, layer.extra_tensors),
+                                            np.asarray(layer.mask) > 0) for layer in visible])
         seed = below[0].seed if own_seed is None else own_seed
         height, width = region.shape
         out, seconds = self._run(prompt, config, seed=seed, height=height, width=width, edit=edit,
@@ -358,10 +366,22 @@ class Session:
         return LayerRecord(
             prompt=prompt, negative_prompt=config.negative_prompt, seed=seed, settings=config.to_dict(),
             schedule=out.schedule, prompt_embeds=out.prompt_embeds,
-            negative_prompt_embeds=out.negative_prompt_embeds,
+            negative_prompt_embeds=out.negative_prompt_embeds, extra_tensors=out.extra_tensors,
             user_mask=user_mask.astype(np.uint8) * 255, mask=soft.astype(np.float32),
             trajectory=tuple(out.trajectory), image=out.image, kind=kind,
             info={**out.info, "seconds": round(seconds, 4), "region_pixels": int(region.sum())})
+
+    def _check_identity(self, saved, path) -> None:
+        """A project records the model it was made with (family, architecture, weights); another model is refused.
+        Projects saved before the record existed are checked by their latent shapes only."""
+        if saved is None:
+            return
+        if not isinstance(saved, dict):
+            raise ProjectError(f"{path}: 'model_identity' must be an object, got {type(saved).__name__}")
+        try:
+            self.pipeline.check_model_identity(saved)
+        except ValueError as error:
+            raise ProjectError(f"{path}: {error}; open it with the model it was made with ({self.model!r})") from None
 
     def _check_compatible(self, layers, path) -> None:
         """A project's latents must fit this pipeline's latent space, or BCG would read garbage."""

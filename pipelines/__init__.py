@@ -1,8 +1,9 @@
-"""Diffusion: the layered pipeline, mask processing, BCG. Knows nothing of layers, undo or UI."""
+"""Diffusion: the layered pipeline, mask processing, BCG, model families. Knows nothing of layers, undo or UI."""
 
 from .loading import EMBEDDED_MODEL_DIR, load_pipeline
 from .masks import MaskError
 from .compositing import composite, recomposite
+from .families import TextConditioning, UnsupportedModelError
 from .pipeline_layered import EditRegion, LayeredPipeline, LayeredPipelineOutput
 from .schedulers import SCHEDULERS
 
@@ -13,6 +14,8 @@ __all__ = [
     "LayeredPipelineOutput",
     "MaskError",
     "SCHEDULERS",
+    "TextConditioning",
+    "UnsupportedModelError",
     "composite",
     "recomposite",
     "load_pipeline",

@@ -9,7 +9,9 @@ maps are computed once per attention resolution per edit (ROUTING_MODES: by majo
 reference code's erode-current/dilate-earlier). The call groups queries by region so each attends
 only to its region's tokens: its cost stays about twice plain cross-attention however many layers
 pile up, and a region hidden at a resolution costs nothing there.
-Self-attention is left alone, so a new object still sees its surroundings.
+Self-attention is left alone, so a new object still sees its surroundings. A text mask the denoiser
+passes (T5 families: padding tokens, as diffusers' additive bias) joins each bucket's keys, so padding
+never receives weight either.
 """
 
 from __future__ import annotations
@@ -78,20 +80,21 @@ class RegionMaps:
     """Which prompt tokens each query may attend to, per attention resolution, built once per edit."""
 
     def __init__(self, owners: np.ndarray, count: int, tokens_per_region: int, latent_size: tuple[int, int],
-                 routing: str = "majority"):
+                 routing: str = "majority", grids: dict[int, tuple[int, int]] | None = None):
         if routing not in ROUTING_MODES:
             raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
         self.owners, self.count, self.tokens = owners, count, tokens_per_region
         self.latent_size, self.routing = latent_size, routing
-        self.grids = attention_grids(latent_size)
+        # query count -> (h, w) of each cross-attention layer; a model family gives its own (a UNet's by default)
+        self.grids = attention_grids(latent_size) if grids is None else grids
         self._owners: dict[int, torch.Tensor] = {}
         self._cache: dict[int, torch.Tensor] = {}
         self._buckets: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_masks(cls, region_masks: Sequence[np.ndarray], tokens_per_region: int, latent_size: tuple[int, int],
-                   routing: str = "majority"):
-        return cls(owner_map(region_masks), len(region_masks), tokens_per_region, latent_size, routing)
+                   routing: str = "majority", grids: dict[int, tuple[int, int]] | None = None):
+        return cls(owner_map(region_masks), len(region_masks), tokens_per_region, latent_size, routing, grids)
 
     def query_owners(self, query_length: int) -> torch.Tensor:
         """Region index of every query token of an attention layer with `query_length` queries."""
@@ -167,11 +170,6 @@ class RegionalProcessorBase:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if encoder_hidden_states is None:
             raise RuntimeError("regional attention processors belong on cross-attention layers only")
-        if attention_mask is not None:
-            # The region mask already decides which prompt tokens each query sees; a second mask (an
-            # encoder_attention_mask from the caller) would be silently dropped, so refuse it.
-            raise ValueError("regional attention does not take an attention_mask: the region maps decide which "
-                             "prompt tokens each query attends to; call the UNet without encoder_attention_mask")
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -183,7 +181,7 @@ class RegionalProcessorBase:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         query = split_heads(attn, attn.to_q(hidden_states))
         key, value = self.keys_values(attn, encoder_hidden_states)
-        out = self.attend(query, key, value)
+        out = self.attend(query, key, value, text_bias(attention_mask, query.shape[0], key.shape[2]))
         out = out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3]).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if spatial:
@@ -205,13 +203,39 @@ class RegionalProcessorBase:
         context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
         return split_heads(attn, attn.to_k(context)), split_heads(attn, attn.to_v(context))
 
-    def attend(self, query, key, value) -> torch.Tensor:
+    def attend(self, query, key, value, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of `query` over the region prompts' keys; `bias` [B, 1, 1, K] is the text mask, if any."""
         raise NotImplementedError
+
+
+def text_bias(attention_mask: torch.Tensor | None, batch: int, keys: int) -> torch.Tensor | None:
+    """The text mask a denoiser hands its cross-attention, as an additive bias [B, 1, 1, K] (None without one).
+
+    diffusers passes it as (1 - mask) * -10000 of shape [B, 1, K] (PixArt's T5 padding); a boolean mask
+    (True = attend) is turned into 0 / -inf.
+    """
+    if attention_mask is None:
+        return None
+    if attention_mask.dtype == torch.bool:
+        attention_mask = torch.zeros(attention_mask.shape, device=attention_mask.device).masked_fill(
+            ~attention_mask, float("-inf"))
+    if attention_mask.numel() != batch * keys:
+        raise ValueError(f"a cross-attention mask must hold one value per prompt token and batch row ({batch} x "
+                         f"{keys}); got shape {tuple(attention_mask.shape)}")
+    return attention_mask.reshape(batch, 1, 1, keys)
+
+
+def with_bias(allowed: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The region mask alone (boolean), or with a text bias: the bias where allowed, -inf elsewhere."""
+    if bias is None:
+        return allowed
+    return torch.where(allowed, bias.to(dtype), torch.tensor(float("-inf"), dtype=dtype, device=bias.device))
 
 
 class RegionalAttnProcessor(RegionalProcessorBase):
     """MQD in one fused call: queries grouped by region (RegionMaps.buckets), each bucket attending to
-    its own region's prompt tokens only, in one scaled-dot-product attention call without a mask.
+    its own region's prompt tokens only, in one scaled-dot-product attention call without a region mask
+    (a text mask, where the family pads its prompts, is sliced per bucket).
 
     The same result as one attention over all prompts' tokens with a region mask (masked tokens get
     zero weight), at the cost of about two plain cross-attentions instead of one per region.
@@ -221,7 +245,7 @@ class RegionalAttnProcessor(RegionalProcessorBase):
         super().__init__(maps)
         self._bucket_keys: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def attend(self, query, key, value):
+    def attend(self, query, key, value, bias=None):
         batch, heads, length, dim = query.shape
         regions, slots, position = self.maps.buckets(length, query.device)
         cached = self._bucket_keys.get((id(key), length))
@@ -231,7 +255,11 @@ class RegionalAttnProcessor(RegionalProcessorBase):
             cached = (key, *(t.view(per_region)[:, :, regions].flatten(1, 2) for t in (key, value)))
             self._bucket_keys[(id(key), length)] = cached
         grouped = query[:, :, slots].flatten(1, 2)  # [B, heads * G, S, dim]
-        out = F.scaled_dot_product_attention(grouped, cached[1], cached[2])
+        mask = None
+        if bias is not None:  # each bucket's own region's slice of the text bias [B, 1, 1, K]
+            per_bucket = bias.view(batch, 1, self.maps.count, 1, self.maps.tokens)[:, :, regions]
+            mask = per_bucket.expand(-1, heads, -1, -1, -1).flatten(1, 2).to(query.dtype)
+        out = F.scaled_dot_product_attention(grouped, cached[1], cached[2], attn_mask=mask)
         return out.view(batch, heads, -1, out.shape[-1])[:, :, position]
 
 
@@ -241,13 +269,14 @@ class RegionLoopAttnProcessor(RegionalProcessorBase):
     Kept to check the fused processor against and to measure what fusing saves.
     """
 
-    def attend(self, query, key, value):
+    def attend(self, query, key, value, bias=None):
         owners = self.maps.query_owners(query.shape[2]).to(query.device)
         out = torch.zeros_like(query)
         tokens = self.maps.tokens
         for region in range(self.maps.count):
             span = slice(region * tokens, (region + 1) * tokens)
-            result = F.scaled_dot_product_attention(query, key[:, :, span], value[:, :, span])
+            mask = None if bias is None else bias[..., span].to(query.dtype)
+            result = F.scaled_dot_product_attention(query, key[:, :, span], value[:, :, span], attn_mask=mask)
             out = torch.where((owners == region)[None, None, :, None], result, out)
         return out
 
@@ -258,13 +287,14 @@ def is_cross_attention(name: str) -> bool:
 
 
 @contextmanager
-def regional_attention(unet, maps: RegionMaps, processor_class=RegionalAttnProcessor):
-    """Install a regional processor on every cross-attention layer; restore the originals afterwards (also on error)."""
-    originals = dict(unet.attn_processors)
+def regional_attention(denoiser, maps: RegionMaps, processor_class=RegionalAttnProcessor, routes=is_cross_attention):
+    """Install a regional processor on every layer `routes` names (cross-attention by default); restore the
+    originals afterwards (also on error)."""
+    originals = dict(denoiser.attn_processors)
     processor = processor_class(maps)
-    unet.set_attn_processor({name: processor if is_cross_attention(name) else original
-                             for name, original in originals.items()})
+    denoiser.set_attn_processor({name: processor if routes(name) else original
+                                 for name, original in originals.items()})
     try:
         yield
     finally:
-        unet.set_attn_processor(originals)
+        denoiser.set_attn_processor(originals)

@@ -37,6 +37,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .families import timestep_embedding
+
 GUIDANCE_MODES = ("cfg", "distilled")  # two UNet rows per step (uncond + cond), or one with the adapter
 ADAPTER_NAME = "guidance"
 FORMAT = "layered-edit-guidance-adapter/1"
@@ -122,19 +124,22 @@ def add_guidance_projection(unet, dim: int = EMBEDDING_DIM) -> nn.Linear:
 
     `TimestepEmbedding.forward` adds `cond_proj(timestep_cond)` to the timestep features when the
     UNet is called with `timestep_cond`; zero weights make the UNet exactly the teacher until trained,
-    and without `timestep_cond` the projection is never applied.
+    and without `timestep_cond` the projection is never applied. `unet` may be any family's denoiser
+    (pipelines.families.timestep_embedding finds its timestep embedding).
     """
-    embedding = unet.time_embedding
+    embedding = timestep_embedding(unet)
     projection = nn.Linear(dim, embedding.linear_1.in_features, bias=False)
     nn.init.zeros_(projection.weight)
     embedding.cond_proj = projection.to(device=embedding.linear_1.weight.device, dtype=embedding.linear_1.weight.dtype)
-    unet.register_to_config(time_cond_proj_dim=dim)
+    if "time_cond_proj_dim" in unet.config:  # UNets record it; transformers have no such setting
+        unet.register_to_config(time_cond_proj_dim=dim)
     return embedding.cond_proj
 
 
 def remove_guidance_projection(unet) -> None:
-    unet.time_embedding.cond_proj = None
-    unet.register_to_config(time_cond_proj_dim=None)
+    timestep_embedding(unet).cond_proj = None
+    if "time_cond_proj_dim" in unet.config:
+        unet.register_to_config(time_cond_proj_dim=None)
 
 
 def lora_config(rank: int, targets=LORA_TARGETS, alpha: float | None = None):
@@ -150,7 +155,9 @@ def unet_fingerprint(unet) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(unet.state_dict().items()):
         name = name.replace(".base_layer", "")  # the same weight, wrapped by peft
-        if name.startswith(("conv_in.", "conv_out.", "time_embedding.linear_")) and "lora_" not in name:
+        if name.startswith(("conv_in.", "conv_out.", "time_embedding.linear_",  # UNets
+                            "pos_embed.proj.", "proj_out.", "adaln_single.emb.timestep_embedder.linear_")
+                           ) and "lora_" not in name:
             digest.update(name.encode())
             digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -164,7 +171,7 @@ def save_guidance_adapter(unet, folder: str | Path, **info) -> Path:
     """
     folder = Path(folder)
     config = unet.peft_config[ADAPTER_NAME]
-    projection = unet.time_embedding.cond_proj
+    projection = timestep_embedding(unet).cond_proj
     if projection is None:
         raise ValueError("the UNet has no guidance projection; call add_guidance_projection first")
     meta = {
@@ -242,7 +249,7 @@ def attach_guidance_adapter(unet, folder: str | Path) -> dict:
     """
     meta = read_guidance_config(folder)
     weight = load_projection_weight(folder)
-    expected = (unet.time_embedding.linear_1.in_features, int(meta["embedding_dim"]))
+    expected = (timestep_embedding(unet).linear_1.in_features, int(meta["embedding_dim"]))
     if tuple(weight.shape) != expected:
         raise ValueError(f"{folder}: guidance projection has shape {tuple(weight.shape)}, this UNet needs {expected}")
     projection = add_guidance_projection(unet, int(meta["embedding_dim"]))
@@ -307,8 +314,12 @@ def load_guidance_adapter(pipeline, folder: str | Path) -> GuidanceAdapter:
     `pipeline.has_guidance_adapter` is True; guidance="cfg" still runs the unmodified UNet.
     """
     folder = Path(folder)
+    family = read_guidance_config(folder).get("family")
+    if family not in (None, pipeline.family.name):
+        raise ValueError(f"the guidance adapter in {folder} was trained on a {family!r} model; this is a "
+                         f"{pipeline.family.name!r} model: train one for it with `python -m training distill`")
     unload_guidance_adapter(pipeline)
-    unet = pipeline.unet
+    unet = pipeline.denoiser
     try:
         meta = attach_guidance_adapter(unet, folder)
         modules = _deltas_into_buffers(unet)
@@ -328,7 +339,7 @@ def unload_guidance_adapter(pipeline) -> None:
         return
     for module in adapter.modules:
         delattr(module, DELTA_BUFFER)
-    remove_guidance_projection(pipeline.unet)
+    remove_guidance_projection(pipeline.denoiser)
     pipeline.guidance_adapter = None
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .families import check_model_index
 from .guidance import find_adapter_folder, load_guidance_adapter
 from .pipeline_layered import LayeredPipeline
 
@@ -30,7 +31,9 @@ def default_device() -> torch.device:
 
 def load_pipeline(path_or_id: str | None = None, device=None, dtype=None,
                   guidance_adapter: str | Path | bool | None = None) -> LayeredPipeline:
-    """Load any SD-1.x/2.x diffusers checkpoint (or the embedded model) as a LayeredPipeline.
+    """Load a diffusers checkpoint of a supported family (SD-1.x/2.x, SDXL, PixArt-α; or the embedded model)
+    as a LayeredPipeline. A local folder's model_index.json is checked first, so an unsupported model is
+    refused before any weight is read.
 
     Only safetensors weights are read (a pickled .bin checkpoint is refused: loading must never run
     code); on CUDA the default dtype is float16, on the CPU float32. `guidance_adapter`: a folder
@@ -41,9 +44,11 @@ def load_pipeline(path_or_id: str | None = None, device=None, dtype=None,
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     source = resolve_model(path_or_id)
+    if Path(source).is_dir():
+        check_model_index(source)
     pipeline = LayeredPipeline.from_pretrained(source, dtype=dtype, use_safetensors=True)
     if dtype != torch.float32:
-        pipeline.vae.to(dtype=torch.float32)  # fp16 SD VAEs overflow; the VAE is a small share of the time
+        pipeline.vae.to(dtype=torch.float32)  # fp16 SD/SDXL VAEs overflow; the VAE is a small share of the time
     pipeline.to(device)
     if guidance_adapter is None or guidance_adapter is True:
         found = find_adapter_folder(source) if Path(source).is_dir() else None

@@ -1,9 +1,11 @@
 """LayeredPipeline: text-to-image and masked edits that follow a remembered latent trajectory.
 
-A diffusers `DiffusionPipeline` with the Stable Diffusion components, so any SD-1.x/2.x folder
-(4-channel text-to-image or 9-channel inpainting UNet) and the shipped embedded model load with
-`from_pretrained`. It knows nothing of layers, undo or projects: the editor hands it the previous
-layer's trajectory and image as plain tensors and stores what it returns.
+A diffusers `DiffusionPipeline` whose components are those of an SD-1.x/2.x folder (4-channel text-to-image
+or 9-channel inpainting UNet, and the shipped embedded model), an SDXL folder (two text encoders) or a
+PixArt-α folder (a transformer and T5), so each loads with `from_pretrained`. What differs between those
+families sits in `pipelines.families`, which the pipeline asks; this file never branches on the family.
+It knows nothing of layers, undo or projects: the editor hands it the previous layer's trajectory and
+image as plain tensors and stores what it returns.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -24,6 +26,7 @@ from . import bcg
 from .bcg import BackgroundMemory
 from .compositing import composite
 from .attention import ROUTING_MODES, RegionalAttnProcessor, RegionMaps, regional_attention, resolve_attention
+from .families import ModelFamily, TextConditioning, family_class, identity_mismatch
 from .guidance import GUIDANCE_MODES, NEGATIVE_PROMPT_ERROR, GuidanceAdapter
 from .masks import BCG_MASKS, bcg_latent_mask, latent_mask
 from .schedulers import make_scheduler, schedule_fingerprint
@@ -37,7 +40,7 @@ CALLBACK_TENSOR_INPUTS = ("latents",)
 
 
 def serialized(method):
-    """Run a pipeline method under the pipeline's lock: MQD swaps the UNet's processors for a call."""
+    """Run a pipeline method under the pipeline's lock: MQD swaps the denoiser's processors for a call."""
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
         with self._call_lock:
@@ -55,9 +58,9 @@ class EditRegion:
     previous_trajectory: Sequence[torch.Tensor]  # latent after each step of the layer below
     previous_schedule: tuple  # that trajectory's schedule fingerprint
     background: str = "memory"  # see BACKGROUND_SOURCES
-    # MQD: the earlier visible layers, back to front, as (prompt embeds [1, L, D], bool HxW mask);
+    # MQD: the earlier visible layers, back to front, as (their prompt's TextConditioning, bool HxW mask);
     # the first is the background (its mask is the whole image).
-    earlier_regions: Sequence[tuple[torch.Tensor, np.ndarray]] = ()
+    earlier_regions: Sequence[tuple[TextConditioning, np.ndarray]] = ()
     # "tight": find the object while denoising; BCG and the pixel composite keep the old background inside
     # the region too, apart from a `feather_px` soft edge around the object. "whole": repaint the whole region.
     mask_fit: str = "tight"
@@ -75,6 +78,8 @@ class LayeredPipelineOutput:
     prompt_embeds: torch.Tensor  # fp16 CPU
     negative_prompt_embeds: torch.Tensor | None  # fp16 CPU, None when CFG was off
     info: dict = field(default_factory=dict)
+    # the rest of both prompts' TextConditioning (token masks, pooled embeddings), named as TextConditioning.storage
+    extra_tensors: dict = field(default_factory=dict)
     # float32 HxW: the soft mask the edit painted through (the object's when tight); None for a background
     mask: np.ndarray | None = None
 
@@ -82,25 +87,35 @@ class LayeredPipelineOutput:
 class LayeredPipeline(DiffusionPipeline):
     """Generate a background, then edit inside masks with Background Consistency Guidance."""
 
-    model_cpu_offload_seq = "text_encoder->unet->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->transformer->vae"
+    # Components a family may not have: SD-1/2 and PixArt-α have one text encoder, only PixArt a transformer.
+    _optional_components = ["unet", "transformer", "text_encoder_2", "tokenizer_2"]
     # The MQD processor class; benchmark/mqd_speed.py swaps in the per-region-loop reference to time it.
     region_processor = RegionalAttnProcessor
     _callback_tensor_inputs = list(CALLBACK_TENSOR_INPUTS)
 
-    def __init__(self, vae: AutoencoderKL, text_encoder, tokenizer, unet: UNet2DConditionModel, scheduler):
+    def __init__(self, vae: AutoencoderKL, text_encoder, tokenizer, scheduler, unet=None, transformer=None,
+                 text_encoder_2=None, tokenizer_2=None):
         super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              transformer=transformer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._call_lock = threading.RLock()
         self.guidance_adapter: GuidanceAdapter | None = None  # set by guidance.load_guidance_adapter
+        self.family: ModelFamily = family_class(self)(self)
+        self._identity = self.family.identity()  # before any adapter can swap weights in
 
     # ----------------------------------------------------------------- properties
     @property
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet or transformer that predicts noise."""
+        return self.family.denoiser
+
+    @property
     def default_size(self) -> tuple[int, int]:
-        """(width, height) the UNet was trained at."""
-        side = int(self.unet.config.sample_size) * self.vae_scale_factor
-        return side, side
+        """(width, height) the denoiser was trained at."""
+        return self.family.native_size
 
     @property
     def latent_channels(self) -> int:
@@ -109,7 +124,18 @@ class LayeredPipeline(DiffusionPipeline):
     @property
     def is_inpainting_unet(self) -> bool:
         """SD inpainting UNets take latents + mask + masked-image latents (4 + 1 + 4 channels)."""
-        return int(self.unet.config.in_channels) == 2 * self.latent_channels + 1
+        return int(self.denoiser.config.in_channels) == 2 * self.latent_channels + 1
+
+    @property
+    def model_identity(self) -> dict:
+        """What a saved project records about this model (family, architecture, a sample of weights)."""
+        return dict(self._identity)
+
+    def check_model_identity(self, saved: dict) -> None:
+        """Refuse a project made with another model: its latents and prompt embeddings would not fit this one."""
+        reason = identity_mismatch(saved, self._identity)
+        if reason is not None:
+            raise ValueError(f"this project cannot be edited with this {self.family.label} model: {reason}")
 
     @property
     def has_guidance_adapter(self) -> bool:
@@ -166,19 +192,17 @@ class LayeredPipeline(DiffusionPipeline):
 
     def check_prompt_length(self, text: str, name: str = "prompt") -> None:
         """A prompt longer than the text encoder's window is an error, not a silent truncation."""
-        count = len(self.tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"])
-        limit = self.tokenizer.model_max_length
+        count = self.family.prompt_token_count(text)
+        limit = self.family.max_prompt_tokens
         if count > limit:
             raise ValueError(f"{name} is {count} tokens long but the text encoder reads at most {limit}; shorten it")
 
     # ----------------------------------------------------------------- encoders
     @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """Text -> the text encoder's last hidden states [1, L, D] (padded to the tokenizer's window)."""
-        tokens = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        hidden = self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
-        return hidden.to(dtype=self.unet.dtype)
+    def encode_prompt(self, prompt: str) -> TextConditioning:
+        """Text -> the denoiser's text conditioning for one prompt: hidden states [1, L, D] padded to the text
+        encoder's window (and the family's token mask or pooled embedding)."""
+        return self.family.encode_prompt([prompt])
 
     @torch.no_grad()
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
@@ -200,7 +224,7 @@ class LayeredPipeline(DiffusionPipeline):
         shape = (1, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         generator = torch.Generator("cpu").manual_seed(int(seed))
         return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(
-            device=self._execution_device, dtype=self.unet.dtype)
+            device=self._execution_device, dtype=self.denoiser.dtype)
 
     def inpainting_inputs(self, edit: EditRegion | None, height: int, width: int) -> torch.Tensor:
         """The extra mask + masked-image latents an inpainting UNet reads (empty for text-to-image UNets)."""
@@ -212,8 +236,8 @@ class LayeredPipeline(DiffusionPipeline):
             region = edit.region
             known = np.where(region[..., None], 127, edit.previous_image)
         size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
-        mask = latent_mask(region, size, device=self._execution_device, dtype=self.unet.dtype)
-        return torch.cat([mask, self.encode_image(known.astype(np.uint8)).to(self.unet.dtype)], dim=1)
+        mask = latent_mask(region, size, device=self._execution_device, dtype=self.denoiser.dtype)
+        return torch.cat([mask, self.encode_image(known.astype(np.uint8)).to(self.denoiser.dtype)], dim=1)
 
     # ----------------------------------------------------------------- the call
     @torch.no_grad()
@@ -282,10 +306,10 @@ class LayeredPipeline(DiffusionPipeline):
         distilled = guidance == "distilled" and guidance_scale > 1.0
 
         # 2. Encode the prompts (the unconditional half is the negative prompt, "" by default)
-        prompt_embeds = self.encode_prompt(prompt)
-        negative_embeds = self.encode_prompt(negative_prompt) if do_cfg else None
-        regions = self.attention_regions(attention, edit, prompt_embeds)
-        text = self.text_conditioning(prompt_embeds, negative_embeds, regions)
+        prompt_text = self.encode_prompt(prompt)
+        negative_text = self.encode_prompt(negative_prompt) if do_cfg else None
+        regions = self.attention_regions(attention, edit, prompt_text)
+        text = self.text_conditioning(prompt_text, negative_text, regions)
 
         # 3. Timesteps, from a fresh scheduler so concurrent calls never share its state
         sampler = make_scheduler(scheduler, self.scheduler.config)
@@ -305,23 +329,25 @@ class LayeredPipeline(DiffusionPipeline):
         student, timestep_cond = contextlib.nullcontext(), None
         if distilled:
             student = self.guidance_adapter.applied(guidance_scale)
-            timestep_cond = self.guidance_adapter.embedding(guidance_scale, latents.shape[0], device, self.unet.dtype)
+            timestep_cond = self.guidance_adapter.embedding(guidance_scale, latents.shape[0], device,
+                                                            self.denoiser.dtype)
 
         # 7. Denoising loop, with the MQD processors installed for this call only
         trajectory: list[torch.Tensor] = []
         unet_evals = 0
         routing = contextlib.nullcontext()
         if regions:
-            maps = RegionMaps.from_masks([mask for _, mask in regions], prompt_embeds.shape[1], tuple(latents.shape[-2:]),
-                                         region_routing)
-            routing = regional_attention(self.unet, maps, self.region_processor)
+            latent_size = tuple(latents.shape[-2:])
+            maps = RegionMaps.from_masks([mask for _, mask in regions], prompt_text.tokens, latent_size,
+                                         region_routing, self.family.token_grids(latent_size))
+            routing = regional_attention(self.denoiser, maps, self.region_processor, self.family.routes)
         with routing, student, self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = sampler.scale_model_input(model_input, t)
                 if extra_channels is not None:
                     model_input = torch.cat([model_input, extra_channels.expand(model_input.shape[0], -1, -1, -1)], dim=1)
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=text, timestep_cond=timestep_cond).sample
+                noise_pred = self.family.predict(model_input, t, text, timestep_cond=timestep_cond)
                 unet_evals += model_input.shape[0]
                 if do_cfg:
                     uncond, cond = noise_pred.chunk(2)
@@ -345,15 +371,21 @@ class LayeredPipeline(DiffusionPipeline):
                 "attention_regions": len(regions), "guidance": "distilled" if distilled else "cfg" if do_cfg else "off"}
         if soft is not None:
             info.update(mask_fit=edit.mask_fit, painted_pixels=int(np.count_nonzero(soft)))
+        prompt_embeds, extras = prompt_text.storage()
+        negative_embeds = None
+        if negative_text is not None:
+            negative_embeds, negative_extras = negative_text.storage(prefix="negative_")
+            extras.update(negative_extras)
         return LayeredPipelineOutput(
             image=image,
             decoded=decoded,
             mask=soft,
             trajectory=trajectory,
             schedule=schedule_fingerprint(sampler),
-            prompt_embeds=prompt_embeds.detach().to("cpu", torch.float16),
-            negative_prompt_embeds=None if negative_embeds is None else negative_embeds.detach().to("cpu", torch.float16),
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
             info=info,
+            extra_tensors=extras,
         )
 
     def prepare_background_memory(self, edit: EditRegion, sampler, noise: torch.Tensor, free_steps_ratio: float,
@@ -385,8 +417,8 @@ class LayeredPipeline(DiffusionPipeline):
         return soft_object_mask(silhouette, edit.soft_mask, edit.feather_px)
 
     @staticmethod
-    def attention_regions(attention: str, edit: EditRegion | None, prompt_embeds: torch.Tensor):
-        """(embeds, mask) per region for MQD, back to front, the current edit last; [] = plain attention.
+    def attention_regions(attention: str, edit: EditRegion | None, prompt_text: TextConditioning):
+        """(text, mask) per region for MQD, back to front, the current edit last; [] = plain attention.
 
         mqd: every earlier visible layer; qd-background: the background (layer 0) everywhere; qd-previous:
         the layer just below everywhere (the reference code's QD).
@@ -397,26 +429,27 @@ class LayeredPipeline(DiffusionPipeline):
         if attention == "mqd":
             earlier = list(edit.earlier_regions)
         else:
-            embeds, mask = edit.earlier_regions[-1 if attention == "qd-previous" else 0]
-            earlier = [(embeds, np.ones_like(mask, dtype=bool))]
-        return earlier + [(prompt_embeds, edit.region)]
+            text, mask = edit.earlier_regions[-1 if attention == "qd-previous" else 0]
+            earlier = [(text, np.ones_like(mask, dtype=bool))]
+        return earlier + [(prompt_text, edit.region)]
 
-    def text_conditioning(self, prompt_embeds, negative_embeds, regions) -> torch.Tensor:
-        """The UNet's encoder states: CFG stacks [uncond, cond]; MQD concatenates one prompt per region.
+    def text_conditioning(self, prompt_text: TextConditioning, negative_text: TextConditioning | None,
+                          regions) -> TextConditioning:
+        """The denoiser's text conditioning: CFG stacks [uncond, cond]; MQD concatenates one prompt per region.
 
         The unconditional half repeats the null prompt once per region, so every query attends to
         exactly the plain unconditional prompt, whatever its region.
         """
-        cond = prompt_embeds
+        cond = prompt_text
         if regions:
-            lengths = {embeds.shape[1] for embeds, _ in regions}
+            lengths = {text.tokens for text, _ in regions}
             if len(lengths) != 1:
                 raise ValueError(f"region prompts have different token lengths {sorted(lengths)}")
-            cond = torch.cat([embeds.to(prompt_embeds) for embeds, _ in regions], dim=1)
-        if negative_embeds is None:
+            device, dtype = prompt_text.embeds.device, prompt_text.embeds.dtype
+            cond = TextConditioning.regions([text.to(device, dtype) for text, _ in regions])
+        if negative_text is None:
             return cond
-        uncond = negative_embeds.repeat(1, max(len(regions), 1), 1)
-        return torch.cat([uncond, cond])
+        return TextConditioning.batch([negative_text.repeat_tokens(max(len(regions), 1)), cond])
 
     @torch.no_grad()
     def trajectory_from_image(self, image: np.ndarray, *, num_inference_steps: int = 20, scheduler: str = "ddim",
@@ -429,7 +462,7 @@ class LayeredPipeline(DiffusionPipeline):
         height, width = image.shape[:2]
         sampler = make_scheduler(scheduler, self.scheduler.config)
         sampler.set_timesteps(num_inference_steps, device=self._execution_device)
-        latent = self.encode_image(image).to(self.unet.dtype)
+        latent = self.encode_image(image).to(self.denoiser.dtype)
         noise = self.initial_noise(seed, height, width)
         trajectory = bcg.renoised_trajectory(sampler, latent, noise, sampler.timesteps)
         return [z.detach().to("cpu", torch.float16) for z in trajectory], schedule_fingerprint(sampler)

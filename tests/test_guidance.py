@@ -75,7 +75,7 @@ def test_saved_adapter_loads_back_with_identical_outputs(adapter_dir, tmp_path):
     for scale in (2.0, 7.5):
         scales = torch.full((2,), scale)
         with torch.no_grad():
-            expected = D.student_output(live.unet, latents, t, cond, scales, G.EMBEDDING_DIM)
+            expected = D.student_output(live.family, latents, t, cond, scales, G.EMBEDDING_DIM)
             with adapter.applied(scale):  # W + (s - 1) B A, vs the LoRA branch times s - 1
                 fused = loaded.unet(latents, t, encoder_hidden_states=cond,
                                     timestep_cond=adapter.embedding(scale, 2, latents.device, latents.dtype)).sample
@@ -116,7 +116,7 @@ def test_zero_initialised_adapter_is_the_teacher_before_training(tmp_path):
     G.add_guidance_projection(pipeline.unet)
     pipeline.unet.add_adapter(G.lora_config(4), adapter_name=G.ADAPTER_NAME)
     with torch.no_grad():
-        student = D.student_output(pipeline.unet, latents, t, cond, torch.tensor([3.0, 9.0]), G.EMBEDDING_DIM)
+        student = D.student_output(pipeline.family, latents, t, cond, torch.tensor([3.0, 9.0]), G.EMBEDDING_DIM)
     assert torch.equal(student, teacher)
 
     # through the pipeline: the untrained adapter at any scale = the teacher's conditional branch alone

@@ -137,21 +137,23 @@ def list_prompts(prompts: Sequence[str]) -> PromptSampler:
 # ----------------------------------------------------------------------------------------------- teacher / student
 @torch.no_grad()
 def encode_prompts(pipeline, prompts: Sequence[str]) -> torch.Tensor:
-    tokens = pipeline.tokenizer(list(prompts), padding="max_length", max_length=pipeline.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-    return pipeline.text_encoder(tokens.input_ids.to(pipeline.text_encoder.device))[0].to(pipeline.unet.dtype)
+    """The prompts' conditioning packed into one tensor per prompt (pipelines.families: pack_text), so batches of
+    any model family index and concatenate like SD's plain embeddings."""
+    return pipeline.family.pack_text(pipeline.family.encode_prompt(prompts))
 
 
 @torch.no_grad()
-def teacher_guided(unet, latents, t, cond, uncond, scales) -> torch.Tensor:
-    """CFG output of the teacher (adapter off, no scale embedding): uncond + s (cond - uncond), one s per row."""
-    batch = latents.shape[0]
+def teacher_guided(family, latents, t, cond, uncond, scales) -> torch.Tensor:
+    """CFG output of the teacher (adapter off, no scale embedding): uncond + s (cond - uncond), one s per row.
+
+    `family` is the pipeline's model family (it calls the denoiser); `cond` and `uncond` are packed prompts."""
+    batch, unet = latents.shape[0], family.denoiser
     adapter = getattr(unet, "peft_config", {}).get(G.ADAPTER_NAME) is not None
     if adapter:
         unet.disable_adapters()
     try:
-        out = unet(torch.cat([latents, latents]), torch.cat([t, t]),
-                   encoder_hidden_states=torch.cat([uncond.expand(batch, -1, -1), cond])).sample
+        text = family.unpack_text(torch.cat([uncond.expand(batch, -1, -1), cond]))
+        out = family.predict(torch.cat([latents, latents]), torch.cat([t, t]), text)
     finally:
         if adapter:
             unet.enable_adapters()
@@ -159,11 +161,11 @@ def teacher_guided(unet, latents, t, cond, uncond, scales) -> torch.Tensor:
     return uncond_out + scales.float().view(-1, 1, 1, 1) * (cond_out - uncond_out)
 
 
-def student_output(unet, latents, t, cond, scales, embedding_dim: int, gain_rule: str = G.LORA_GAIN) -> torch.Tensor:
+def student_output(family, latents, t, cond, scales, embedding_dim: int, gain_rule: str = G.LORA_GAIN) -> torch.Tensor:
     """One pass with the adapter on (its branch times g(s)) and s - 1 embedded into the timestep embedding."""
     timestep_cond = G.guidance_embedding(scales, embedding_dim, device=latents.device, dtype=latents.dtype)
-    with G.scaled_lora(unet, G.lora_gain(scales, gain_rule)):
-        return unet(latents, t, encoder_hidden_states=cond, timestep_cond=timestep_cond).sample
+    with G.scaled_lora(family.denoiser, G.lora_gain(scales, gain_rule)):
+        return family.predict(latents, t, family.unpack_text(cond), timestep_cond=timestep_cond)
 
 
 def distillation_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "relative", *, sample=None,
@@ -217,20 +219,20 @@ class TeacherTrajectories:
     def run(self, prompts: list[str], scales: Sequence[float], steps: int, seed: int) -> list[Batch]:
         """Sample `prompts` with the teacher at `scales` (one per prompt); one Batch per step."""
         pipe = self.pipeline
-        device = pipe.unet.device
+        device = pipe.denoiser.device
         sampler = make_scheduler("ddim", pipe.scheduler.config)
         sampler.set_timesteps(steps, device=device)
-        size = int(pipe.unet.config.sample_size)
+        width, height = (side // pipe.vae_scale_factor for side in pipe.default_size)
         generator = torch.Generator("cpu").manual_seed(int(seed))
-        shape = (len(prompts), pipe.latent_channels, size, size)
-        latents = (torch.randn(shape, generator=generator) * sampler.init_noise_sigma).to(device, pipe.unet.dtype)
+        shape = (len(prompts), pipe.latent_channels, height, width)
+        latents = (torch.randn(shape, generator=generator) * sampler.init_noise_sigma).to(device, pipe.denoiser.dtype)
         cond = encode_prompts(pipe, prompts)
         scale = torch.tensor(list(scales), dtype=torch.float32, device=device)
         states = []
         for t in sampler.timesteps:
             model_input = sampler.scale_model_input(latents, t)
             t_rows = t.reshape(1).expand(len(prompts)).to(device)
-            guided = teacher_guided(pipe.unet, model_input, t_rows, cond, self.uncond, scale)
+            guided = teacher_guided(pipe.family, model_input, t_rows, cond, self.uncond, scale)
             states.append(Batch(model_input.detach(), t_rows.clone(), cond, scale, guided))
             latents = sampler.step(guided.to(latents.dtype), t, latents).prev_sample
         if self.keep_finals:
@@ -272,7 +274,7 @@ class ForwardNoised:
         self.noise_schedule = pipeline.scheduler
 
     def next(self) -> Batch:
-        cfg, device = self.config, self.pipeline.unet.device
+        cfg, device = self.config, self.pipeline.denoiser.device
         if self.refresh:
             fresh_latents, fresh_cond = self.clean(self.refresh)
             slots = torch.from_numpy(self.rng.choice(cfg.pool, self.refresh, replace=False))
@@ -285,7 +287,7 @@ class ForwardNoised:
         t = t.to(device)
         noisy = self.noise_schedule.add_noise(x0, noise, t)
         scales = torch.from_numpy(self.rng.uniform(G.MIN_SCALE, cfg.max_scale, cfg.batch_size)).float().to(device)
-        return Batch(noisy, t, cond, scales, teacher_guided(self.pipeline.unet, noisy, t, cond, self.uncond, scales))
+        return Batch(noisy, t, cond, scales, teacher_guided(self.pipeline.family, noisy, t, cond, self.uncond, scales))
 
 
 class Alternating:
@@ -314,7 +316,7 @@ def shapes_world_latents(pipeline, rng: np.random.Generator) -> Callable[[int], 
         captions = [objects_caption(s.objects) if s.objects and rng.random() < 0.4 else s.caption for s in scenes]
         pixels = to_tensor([s.image for s in scenes]).to(pipeline.vae.device, pipeline.vae.dtype)
         latents = pipeline.vae.encode(pixels).latent_dist.mode() * pipeline.vae.config.scaling_factor
-        return latents.to(pipeline.unet.dtype), encode_prompts(pipeline, captions)
+        return latents.to(pipeline.denoiser.dtype), encode_prompts(pipeline, captions)
 
     return clean
 
@@ -344,7 +346,7 @@ def validation_states(pipeline, prompts: PromptSampler, uncond, config: DistillC
 
 
 @torch.no_grad()
-def validation_error(unet, states: Batch, embedding_dim: int, gain_rule: str = G.LORA_GAIN, chunk: int = 32,
+def validation_error(family, states: Batch, embedding_dim: int, gain_rule: str = G.LORA_GAIN, chunk: int = 32,
                      scheduler_config=None) -> dict:
     """Mean relative error of the student on the validation states, per scale and overall.
 
@@ -354,7 +356,7 @@ def validation_error(unet, states: Batch, embedding_dim: int, gain_rule: str = G
     errors, output_errors = [], []
     for i in range(0, states.latents.shape[0], chunk):
         part = slice(i, i + chunk)
-        out = student_output(unet, states.latents[part], states.t[part], states.cond[part], states.scales[part],
+        out = student_output(family, states.latents[part], states.t[part], states.cond[part], states.scales[part],
                              embedding_dim, gain_rule)
         output_errors.append(relative_error(out, states.target[part]))
         if scheduler_config is not None:
@@ -427,7 +429,7 @@ def prepare_student(unet, out: Path, config: DistillConfig) -> dict:
         unet.add_adapter(G.lora_config(config.rank, config.targets, config.alpha), adapter_name=G.ADAPTER_NAME)
     unet.set_adapter(G.ADAPTER_NAME)
     for name, param in unet.named_parameters():
-        if "lora_" in name or name.startswith("time_embedding.cond_proj"):
+        if "lora_" in name or "cond_proj" in name:
             param.requires_grad_(True)  # add_adapter froze the projection with the rest
             param.data = param.data.float()  # trainable weights stay float32 (the base may be fp16)
     return record
@@ -454,7 +456,7 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
     """
     out = Path(out)
     state_dir = Path(state_dir) if state_dir is not None else default_state_dir(out)
-    unet = pipeline.unet
+    unet = pipeline.denoiser
     device = unet.device
     if pipeline.is_inpainting_unet:
         raise ValueError("guidance distillation supports text-to-image UNets; this checkpoint has an inpainting UNet")
@@ -496,11 +498,12 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
 
     def checkpoint() -> dict:
         unet.eval()
-        val = validation_error(unet, validation, config.embedding_dim, config.lora_gain,
+        val = validation_error(pipeline.family, validation, config.embedding_dim, config.lora_gain,
                                scheduler_config=pipeline.scheduler.config)
         unet.train()
         meta = {
-            "base_model": base_model, "scale_range": [G.MIN_SCALE, config.max_scale], "lora_gain": config.lora_gain,
+            "base_model": base_model, "family": pipeline.family.name,
+            "scale_range": [G.MIN_SCALE, config.max_scale], "lora_gain": config.lora_gain,
             "loss": config.loss, "steps": step, "minutes": round(spent + (time.perf_counter() - started) / 60, 2),
             "data": config.data, "lr": config.lr, "batch_size": config.batch_size,
             "sample_steps": list(config.sample_steps), "hardware": hardware(),
@@ -521,7 +524,7 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
             batch = data.next()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step - done, target_steps - done, time.perf_counter() - started)
-            pred = student_output(unet, batch.latents, batch.t, batch.cond, batch.scales, config.embedding_dim,
+            pred = student_output(pipeline.family, batch.latents, batch.t, batch.cond, batch.scales, config.embedding_dim,
                                   config.lora_gain)
             loss = distillation_loss(pred, batch.target, config.loss, sample=batch.latents,
                                      alphas=alphas_cumprod[batch.t.cpu()], prediction_type=prediction_type)

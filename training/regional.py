@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.attention import RegionalProcessorBase, attention_grids, is_cross_attention
+from pipelines.attention import RegionalProcessorBase, attention_grids, is_cross_attention, with_bias
 
 MAX_REGIONS = 4  # background + up to 3 objects
 BOX_MARGIN_PX = 12  # each side of an object's box grows by up to this many pixels (edit boxes are 1/9-1/3 of 64x64)
@@ -60,8 +60,9 @@ class BatchRegionalAttnProcessor(RegionalProcessorBase):
     def keys_values(self, attn, encoder_hidden_states):
         return self.project_keys_values(attn, encoder_hidden_states)  # the prompts change every step
 
-    def attend(self, query, key, value):
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=self.allowed[query.shape[2]])
+    def attend(self, query, key, value, bias=None):
+        allowed = with_bias(self.allowed[query.shape[2]], bias, query.dtype)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed)
 
 
 def install(unet) -> BatchRegionalAttnProcessor:
