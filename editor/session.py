@@ -58,7 +58,7 @@ class Session:
                  defaults: EditSettings | None = None, history_limit: int | None = None):
         self.pipeline = pipeline
         self.model = model  # where the pipeline came from, so a saved project can reload it
-        self._defaults = defaults or EditSettings()
+        self._defaults = (defaults or EditSettings()).for_family(pipeline.family.default_settings)
         self._memory = LayerMemory(history_limit=history_limit)
 
     @classmethod

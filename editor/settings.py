@@ -96,6 +96,14 @@ class EditSettings:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def for_family(self, family_defaults: dict) -> EditSettings:
+        """A model family's own defaults (pipelines.families.ModelFamily.default_settings: FLUX's sampler and
+        distilled guidance, its step count) in place of the generic defaults this copy still holds; settings
+        the caller changed stay as they are."""
+        generic = EditSettings()
+        return self.updated(**{name: value for name, value in family_defaults.items()
+                               if getattr(self, name) == getattr(generic, name)})
+
     @classmethod
     def preset(cls, name: str) -> EditSettings:
         """The settings of a named bundle of PRESETS ("default": the defaults above)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -32,7 +32,7 @@ import torch
 from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 from diffusers.loaders.peft import PeftAdapterMixin
 
-from .attention import attention_grids, is_cross_attention
+from .attention import RegionMaps, attention_grids, is_cross_attention, regional_attention
 
 
 class UnsupportedModelError(ValueError):
@@ -131,6 +131,12 @@ class ModelFamily:
     denoiser_name: ClassVar[str] = "unet"
     # The text encoders and tokenizers the family reads, as pipeline component names.
     text_components: ClassVar[tuple[tuple[str, str], ...]] = (("tokenizer", "text_encoder"),)
+    # The samplers (pipelines.schedulers.SCHEDULERS names) the family's denoiser is trained for.
+    schedulers: ClassVar[tuple[str, ...]] = ("ddim", "dpm++", "euler")
+    # Editor settings this family starts from instead of the generic defaults (editor.EditSettings.for_family).
+    default_settings: ClassVar[dict] = {}
+    # Whether the denoiser embeds a guidance scale itself (FLUX-dev): guidance="distilled" without an adapter.
+    native_guidance: ClassVar[bool] = False
 
     def __init__(self, pipeline):
         self.pipeline = pipeline
@@ -155,6 +161,19 @@ class ModelFamily:
         """(width, height) the denoiser was trained at."""
         side = int(self.denoiser.config.sample_size) * self.pipeline.vae_scale_factor
         return side, side
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this many pixels (the VAE's downsampling, times any patching)."""
+        return self.pipeline.vae_scale_factor
+
+    def set_timesteps(self, sampler, num_inference_steps: int, latent_size: tuple[int, int], device=None) -> None:
+        """Give `sampler` its timesteps for an image whose latent grid is `latent_size`."""
+        sampler.set_timesteps(num_inference_steps, device=device)
+
+    def guidance_condition(self, scale: float, rows: int, device, dtype) -> torch.Tensor:
+        """The guidance-scale input of a denoiser with `native_guidance` (handed to `predict` as timestep_cond)."""
+        raise NotImplementedError(f"{self.label} does not embed a guidance scale itself")
 
     def pixel_size(self, latents: torch.Tensor) -> tuple[int, int]:
         """(height, width) in pixels of a latent grid."""
@@ -209,6 +228,19 @@ class ModelFamily:
     def token_grids(self, latent_size: tuple[int, int]) -> dict[int, tuple[int, int]]:
         """Query count -> (h, w) of every cross-attention layer's token grid, for a latent of `latent_size`."""
         return attention_grids(latent_size)
+
+    def prepare_text(self, text: TextConditioning, regions: int) -> TextConditioning:
+        """The conditioning the denoiser reads for `regions` prompts side by side (as is, but for joint attention)."""
+        return text
+
+    def attention_routing(self, maps: RegionMaps | None, text: TextConditioning, processor_class,
+                          plain_rows: tuple[int, ...] = (), latent_size: tuple[int, int] | None = None):
+        """The context in which the denoising loop runs: MQD's processors on the layers `routes` names while
+        there are regions (`maps`), the model's own attention otherwise. `plain_rows` (CFG's unconditional row)
+        need nothing here: the null prompt repeated per region already gives every query the plain prompt."""
+        if maps is None:
+            return nullcontext()
+        return regional_attention(self.denoiser, maps, processor_class, self.routes)
 
     # ------------------------------------------------------------------ identity
     def identity(self) -> dict:
@@ -366,7 +398,15 @@ class PixArtAlpha(ModelFamily):
 
 FAMILIES: tuple[type[ModelFamily], ...] = (StableDiffusion, StableDiffusionXL, PixArtAlpha)
 # model_index.json denoiser classes the editor loads, and how it names the ones it cannot run yet.
-SUPPORTED_DENOISERS = {"UNet2DConditionModel": "unet", "PixArtTransformer2DModel": "transformer"}
+SUPPORTED_DENOISERS = {"UNet2DConditionModel": "unet", "PixArtTransformer2DModel": "transformer",
+                       "SD3Transformer2DModel": "transformer", "FluxTransformer2DModel": "transformer"}
+
+
+def all_families() -> tuple[type[ModelFamily], ...]:
+    """Every family, the joint-attention ones (SD3, FLUX: pipelines.mmdit_families) included."""
+    from .mmdit_families import MMDIT_FAMILIES  # they build on this module
+
+    return FAMILIES + MMDIT_FAMILIES
 
 
 def family_class(pipeline) -> type[ModelFamily]:
@@ -374,7 +414,7 @@ def family_class(pipeline) -> type[ModelFamily]:
     denoisers = [name for name in ("unet", "transformer") if getattr(pipeline, name, None) is not None]
     if len(denoisers) != 1:
         raise UnsupportedModelError(f"a model needs exactly one denoiser, a unet or a transformer; found {denoisers}")
-    for family in FAMILIES:
+    for family in all_families():
         if family.matches(pipeline):
             return family
     denoiser = getattr(pipeline, denoisers[0])
@@ -384,7 +424,7 @@ def family_class(pipeline) -> type[ModelFamily]:
 
 
 def supported_families() -> str:
-    return ", ".join(family.label for family in FAMILIES)
+    return ", ".join(family.label for family in all_families())
 
 
 def check_model_index(folder: str | Path) -> None:

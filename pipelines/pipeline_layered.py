@@ -25,11 +25,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from . import bcg
 from .bcg import BackgroundMemory
 from .compositing import composite
-from .attention import ROUTING_MODES, RegionalAttnProcessor, RegionMaps, regional_attention, resolve_attention
+from .attention import ROUTING_MODES, RegionalAttnProcessor, RegionMaps, resolve_attention
 from .families import ModelFamily, TextConditioning, family_class, identity_mismatch
 from .guidance import GUIDANCE_MODES, NEGATIVE_PROMPT_ERROR, GuidanceAdapter
 from .masks import BCG_MASKS, bcg_latent_mask, latent_mask
-from .schedulers import make_scheduler, schedule_fingerprint
+from .schedulers import initial_sigma, make_scheduler, scale_model_input, schedule_fingerprint
 from .tight import MASK_FITS, ObjectTracker, object_pixels, soft_object_mask
 
 PRESERVE_MODES = ("pixels", "latents")
@@ -87,18 +87,19 @@ class LayeredPipelineOutput:
 class LayeredPipeline(DiffusionPipeline):
     """Generate a background, then edit inside masks with Background Consistency Guidance."""
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->unet->transformer->vae"
     # Components a family may not have: SD-1/2 and PixArt-α have one text encoder, only PixArt a transformer.
-    _optional_components = ["unet", "transformer", "text_encoder_2", "tokenizer_2"]
+    _optional_components = ["unet", "transformer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"]
     # The MQD processor class; benchmark/mqd_speed.py swaps in the per-region-loop reference to time it.
     region_processor = RegionalAttnProcessor
     _callback_tensor_inputs = list(CALLBACK_TENSOR_INPUTS)
 
     def __init__(self, vae: AutoencoderKL, text_encoder, tokenizer, scheduler, unet=None, transformer=None,
-                 text_encoder_2=None, tokenizer_2=None):
+                 text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                              transformer=transformer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+                              transformer=transformer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                              text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._call_lock = threading.RLock()
@@ -116,6 +117,11 @@ class LayeredPipeline(DiffusionPipeline):
     def default_size(self) -> tuple[int, int]:
         """(width, height) the denoiser was trained at."""
         return self.family.native_size
+
+    @property
+    def vae_shift(self) -> float:
+        """The latent mean SD3's and FLUX's VAEs subtract before scaling (0 for SD's)."""
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
 
     @property
     def latent_channels(self) -> int:
@@ -145,7 +151,7 @@ class LayeredPipeline(DiffusionPipeline):
     # ----------------------------------------------------------------- inputs
     def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
                      edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs,
-                     guidance="cfg", bcg_mask="fractional", region_routing="majority"):
+                     guidance="cfg", bcg_mask="fractional", region_routing="majority", scheduler=None):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         if not isinstance(negative_prompt, str):
@@ -156,8 +162,10 @@ class LayeredPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         if not np.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if height % self.vae_scale_factor or width % self.vae_scale_factor:
-            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {width}x{height}")
+        multiple = self.family.size_multiple
+        if height % multiple or width % multiple:
+            raise ValueError(f"height and width must be multiples of {multiple} for {self.family.label}, got "
+                             f"{width}x{height}")
         if not 0.0 <= free_steps_ratio <= 1.0:
             raise ValueError(f"free_steps_ratio must be in [0, 1], got {free_steps_ratio!r}")
         if preserve not in PRESERVE_MODES:
@@ -172,15 +180,23 @@ class LayeredPipeline(DiffusionPipeline):
             raise ValueError(f"region_routing must be one of {ROUTING_MODES}, got {region_routing!r}")
         if guidance not in GUIDANCE_MODES:
             raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
+        if scheduler not in self.family.schedulers:
+            raise ValueError(f"{self.family.label} samples with {self.family.schedulers}, not {scheduler!r}")
+        if guidance == "cfg" and guidance_scale > 1.0 and self.family.native_guidance:
+            raise ValueError(f"this {self.family.label} model embeds its guidance scale (it was distilled): use "
+                             f"guidance='distilled', or guidance_scale <= 1 for none")
         if guidance == "distilled":
             if negative_prompt:
                 raise ValueError(NEGATIVE_PROMPT_ERROR)
-            if self.guidance_adapter is None:
+            if self.family.native_guidance:
+                pass  # the denoiser's own guidance embedding takes any scale
+            elif self.guidance_adapter is None:
                 raise ValueError("guidance='distilled' needs a guidance adapter: load one with "
                                  "pipelines.guidance.load_guidance_adapter(pipeline, FOLDER) (or "
                                  "Session.from_pretrained(..., guidance_adapter=FOLDER)); train one with "
                                  "`python -m training distill --model MODEL --out FOLDER`")
-            self.guidance_adapter.check_scale(guidance_scale)
+            else:
+                self.guidance_adapter.check_scale(guidance_scale)
         if edit is not None:
             if edit.background not in BACKGROUND_SOURCES:
                 raise ValueError(f"background must be one of {BACKGROUND_SOURCES}, got {edit.background!r}")
@@ -210,12 +226,12 @@ class LayeredPipeline(DiffusionPipeline):
         pixels = self.image_processor.preprocess(image.astype(np.float32)[None] / 255.0)
         pixels = pixels.to(device=self.vae.device, dtype=self.vae.dtype)
         latent = self.vae.encode(pixels).latent_dist.mode()
-        return latent * self.vae.config.scaling_factor
+        return (latent - self.vae_shift) * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """Scaled latent -> uint8 HxWx3."""
-        sample = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        sample = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor + self.vae_shift).sample
         image = self.image_processor.postprocess(sample.float(), output_type="np")[0]
         return (image * 255.0).round().astype(np.uint8)
 
@@ -299,7 +315,7 @@ class LayeredPipeline(DiffusionPipeline):
         width = width or (edit.previous_image.shape[1] if edit is not None else default_w)
         self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
                           edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs, guidance,
-                          bcg_mask, region_routing)
+                          bcg_mask, region_routing, scheduler)
         device = self._execution_device
         # guidance_scale <= 1 turns guidance off in either mode: one plain conditional pass per step
         do_cfg = guidance == "cfg" and guidance_scale > 1.0
@@ -309,16 +325,18 @@ class LayeredPipeline(DiffusionPipeline):
         prompt_text = self.encode_prompt(prompt)
         negative_text = self.encode_prompt(negative_prompt) if do_cfg else None
         regions = self.attention_regions(attention, edit, prompt_text)
-        text = self.text_conditioning(prompt_text, negative_text, regions)
+        text = self.family.prepare_text(self.text_conditioning(prompt_text, negative_text, regions),
+                                        max(len(regions), 1))
 
         # 3. Timesteps, from a fresh scheduler so concurrent calls never share its state
         sampler = make_scheduler(scheduler, self.scheduler.config)
-        sampler.set_timesteps(num_inference_steps, device=device)
+        latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        self.family.set_timesteps(sampler, num_inference_steps, latent_size, device=device)
         timesteps = sampler.timesteps
 
         # 4. Initial noise: the same for every layer of a session unless its seed differs
         noise = self.initial_noise(seed, height, width)
-        latents = noise * sampler.init_noise_sigma
+        latents = noise * initial_sigma(sampler)
 
         # 5. What BCG follows, and where (the whole region, or the object as it forms)
         memory = None if edit is None else self.prepare_background_memory(edit, sampler, noise, free_steps_ratio,
@@ -327,7 +345,10 @@ class LayeredPipeline(DiffusionPipeline):
 
         # 6. Distilled guidance: the adapter's weights and the scale's embedding (the teacher runs without both)
         student, timestep_cond = contextlib.nullcontext(), None
-        if distilled:
+        if distilled and self.family.native_guidance:  # FLUX-dev: the denoiser's own guidance embedding
+            timestep_cond = self.family.guidance_condition(guidance_scale, latents.shape[0], device,
+                                                           self.denoiser.dtype)
+        elif distilled:
             student = self.guidance_adapter.applied(guidance_scale)
             timestep_cond = self.guidance_adapter.embedding(guidance_scale, latents.shape[0], device,
                                                             self.denoiser.dtype)
@@ -335,16 +356,17 @@ class LayeredPipeline(DiffusionPipeline):
         # 7. Denoising loop, with the MQD processors installed for this call only
         trajectory: list[torch.Tensor] = []
         unet_evals = 0
-        routing = contextlib.nullcontext()
+        maps = None
         if regions:
-            latent_size = tuple(latents.shape[-2:])
-            maps = RegionMaps.from_masks([mask for _, mask in regions], prompt_text.tokens, latent_size,
+            maps = RegionMaps.from_masks([mask for _, mask in regions], text.tokens // len(regions), latent_size,
                                          region_routing, self.family.token_grids(latent_size))
-            routing = regional_attention(self.denoiser, maps, self.region_processor, self.family.routes)
+        # CFG's unconditional row (row 0) hears the plain null prompt in every region
+        routing = self.family.attention_routing(maps, text, self.region_processor, (0,) if do_cfg else (),
+                                                latent_size)
         with routing, student, self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
-                model_input = sampler.scale_model_input(model_input, t)
+                model_input = scale_model_input(sampler, model_input, t)
                 if extra_channels is not None:
                     model_input = torch.cat([model_input, extra_channels.expand(model_input.shape[0], -1, -1, -1)], dim=1)
                 noise_pred = self.family.predict(model_input, t, text, timestep_cond=timestep_cond)
@@ -461,7 +483,8 @@ class LayeredPipeline(DiffusionPipeline):
         """
         height, width = image.shape[:2]
         sampler = make_scheduler(scheduler, self.scheduler.config)
-        sampler.set_timesteps(num_inference_steps, device=self._execution_device)
+        latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        self.family.set_timesteps(sampler, num_inference_steps, latent_size, device=self._execution_device)
         latent = self.encode_image(image).to(self.denoiser.dtype)
         noise = self.initial_noise(seed, height, width)
         trajectory = bcg.renoised_trajectory(sampler, latent, noise, sampler.timesteps)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                       FlowMatchEulerDiscreteScheduler)
 
 from . import flow_matching
 
@@ -12,6 +13,8 @@ SCHEDULERS = {
     "ddim": (DDIMScheduler, {}),
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
     "euler": (EulerDiscreteScheduler, {}),
+    # SD3 and FLUX (flow matching): the Euler sampler their pipelines use, on the checkpoint's shifted sigmas
+    "flow-euler": (FlowMatchEulerDiscreteScheduler, {"stochastic_sampling": False}),
 }
 
 
@@ -31,3 +34,15 @@ def schedule_fingerprint(scheduler) -> tuple[str, tuple[int, ...]]:
     if flow_matching.is_flow_matching(scheduler):
         return flow_matching.flow_fingerprint(scheduler)
     return type(scheduler).__name__, tuple(int(t) for t in scheduler.timesteps.tolist())
+
+
+def initial_sigma(scheduler) -> float:
+    """The scale of x_T relative to unit noise (flow matching starts from pure noise: 1)."""
+    return float(getattr(scheduler, "init_noise_sigma", 1.0))
+
+
+def scale_model_input(scheduler, sample, timestep):
+    """The denoiser's input at `timestep`; flow-matching samplers have no scaling to apply."""
+    if hasattr(scheduler, "scale_model_input"):
+        return scheduler.scale_model_input(sample, timestep)
+    return sample

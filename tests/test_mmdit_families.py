@@ -1,0 +1,276 @@
+"""SD3 and FLUX keep the editor's promises: tiny random components built from configs, nothing downloaded.
+
+The properties every family's tests assert (bit-identical background after five edits, exact undo/redo,
+save -> load -> edit, re-editing layer 1 of 4), plus what is particular to joint attention and flow matching:
+MQD measured inside the joint processor of a real edit, T5 padding trimmed and masked, FLUX-dev's own guidance
+embedding as guidance="distilled", the packed latents and shifted sigmas behind the same memory.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny_mmdit import MMDIT_PIPELINES, tiny_flux_pipeline
+
+import pipelines.joint_attention as joint
+from editor import EditSettings, Session
+from memory import ProjectError
+from pipelines import flow_matching, masks
+from pipelines.families import UnsupportedModelError, check_model_index
+from pipelines.mmdit_families import Flux, StableDiffusion3
+
+STEPS = 4
+SIZE = (32, 32)
+EDITS = [
+    ("a red star", (2, 2, 14, 14)),
+    ("a blue circle", (18, 4, 30, 16)),
+    ("a white moon", (6, 18, 20, 30)),
+    ("a yellow heart", (10, 10, 24, 22)),
+    ("a green tree", (22, 20, 31, 31)),
+]
+# The tiny random transformers barely respond to their prompts, so the tight mask would find no object: these
+# tests repaint the whole mask (BCG, memory and MQD are what they check; tight edits have their own tests).
+SETTINGS = dict(num_inference_steps=STEPS, mask_fit="whole")
+
+
+@pytest.fixture(scope="module", params=sorted(MMDIT_PIPELINES))
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model_dir(family, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"tiny-{family}")
+    MMDIT_PIPELINES[family]().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pipeline(model_dir):
+    return Session.from_pretrained(model_dir, device="cpu").pipeline
+
+
+@pytest.fixture
+def session(pipeline, model_dir):
+    session = Session(pipeline, model=str(model_dir), defaults=EditSettings(**SETTINGS))
+    session.generate("a grass background", seed=11)
+    return session
+
+
+def union_of(boxes) -> np.ndarray:
+    union = np.zeros(SIZE[::-1], dtype=bool)
+    for box in boxes:
+        union |= masks.box_mask(box, SIZE)
+    return union
+
+
+# ---------------------------------------------------------------- the family and its defaults
+def test_the_family_is_read_from_the_folder_and_brings_its_own_defaults(family, model_dir, pipeline):
+    check_model_index(model_dir)
+    assert type(pipeline.family) is {"sd3": StableDiffusion3, "flux": Flux}[family]
+    assert pipeline.default_size == SIZE
+    defaults = Session(pipeline).defaults
+    assert defaults.scheduler == "flow-euler" and defaults.num_inference_steps == 28
+    assert (defaults.guidance, defaults.guidance_scale) == (("distilled", 3.5) if family == "flux" else ("cfg", 7.0))
+    kept = Session(pipeline, defaults=EditSettings(num_inference_steps=3, guidance_scale=2.0)).defaults
+    assert (kept.num_inference_steps, kept.guidance_scale) == (3, 2.0), "settings the caller chose stay"
+    with pytest.raises(ValueError, match="samples with .*flow-euler"):
+        Session(pipeline).generate("a grass background", scheduler="ddim", num_inference_steps=2)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        pipeline("a grass background", height=30, width=32, scheduler="flow-euler", num_inference_steps=1)
+
+
+def test_flux_schnell_runs_without_guidance_and_dev_refuses_cfg():
+    schnell = Session(tiny_flux_pipeline(guidance_embeds=False))
+    assert schnell.defaults.num_inference_steps == 4 and schnell.defaults.guidance_scale == 0.0
+    schnell.generate("a grass background", seed=1)
+    assert schnell.layers[0].info["guidance"] == "off" and schnell.layers[0].info["unet_evals"] == 4
+    dev = Session(tiny_flux_pipeline(), defaults=EditSettings(num_inference_steps=2))
+    with pytest.raises(ValueError, match="embeds its guidance scale"):
+        dev.generate("a grass background", guidance="cfg", guidance_scale=3.0)
+
+
+# ---------------------------------------------------------------- the properties every family keeps
+def test_background_is_bit_identical_after_five_edits(session):
+    background = np.asarray(session.image).copy()
+    for prompt, box in EDITS:
+        before = np.asarray(session.image).copy()
+        session.edit(prompt, box)
+        assert not np.array_equal(np.asarray(session.image), before), "an edit must change something"
+    outside = ~union_of([box for _, box in EDITS])
+    np.testing.assert_array_equal(np.asarray(session.image)[outside], background[outside])
+    assert [layer.info["attention_regions"] for layer in session.layers[1:]] == [2, 3, 4, 5, 6]
+    assert all(layer.info["bcg"] == "memory" for layer in session.layers[1:])
+
+
+def test_undo_then_redo_returns_bit_identical_images(session):
+    for prompt, box in EDITS[:3]:
+        session.edit(prompt, box)
+    images = [np.asarray(layer.image).copy() for layer in session.layers]
+    session.undo()
+    session.undo()
+    np.testing.assert_array_equal(np.asarray(session.image), images[1])
+    session.redo()
+    session.redo()
+    assert all(np.array_equal(layer.image, image) for layer, image in zip(session.layers, images))
+
+
+def test_save_load_then_edit_matches_editing_without_save(session, tmp_path):
+    session.edit(*EDITS[0])
+    session.save(tmp_path / "project.lep")
+    reloaded = Session.load(tmp_path / "project.lep", device="cpu")  # reloads the recorded model
+    np.testing.assert_array_equal(np.asarray(reloaded.image), np.asarray(session.image))
+    assert reloaded.pipeline.family.name == session.pipeline.family.name
+    for key in session.layers[1].extra_tensors:  # token masks and pooled embeddings come back exactly
+        assert torch.equal(reloaded.layers[1].extra_tensors[key], session.layers[1].extra_tensors[key])
+    reloaded.edit(*EDITS[1])
+    session.edit(*EDITS[1])
+    np.testing.assert_array_equal(np.asarray(reloaded.image), np.asarray(session.image))
+
+
+def test_a_project_is_refused_by_the_other_joint_family(session, family, tmp_path):
+    session.save(tmp_path / "project.lep")
+    other = MMDIT_PIPELINES["flux" if family == "sd3" else "sd3"]()
+    with pytest.raises(ProjectError, match=f"made with a .*{family}.* model"):
+        Session.load(tmp_path / "project.lep", pipeline=other)
+
+
+BOXES = [(0, 0, 14, 14), (16, 2, 30, 16), (4, 16, 18, 30), (18, 18, 31, 31)]
+PROMPTS = ["a red star", "a blue circle", "a white moon", "a yellow heart"]
+
+
+def test_reediting_layer_1_of_4_replays_exactly_and_undo_restores(session):
+    for prompt, box in zip(PROMPTS, BOXES):
+        session.edit(prompt, box)
+    before = session.layers
+    session.replace(1, prompt=PROMPTS[0], layers_above="regenerate")  # same prompt, mask and seed
+    replayed = session.layers
+    assert all(new is not old for new, old in zip(replayed[1:], before[1:])), "layers 1-4 ran again"
+    for new, old in zip(replayed, before):
+        np.testing.assert_array_equal(new.image, old.image)
+        assert all(torch.equal(a, b) for a, b in zip(new.trajectory, old.trajectory))
+    session.replace(1, prompt="a green tree", seed=42, layers_above="regenerate")
+    assert not np.array_equal(np.asarray(session.image), np.asarray(replayed[-1].image))
+    outside = ~union_of(BOXES)
+    np.testing.assert_array_equal(np.asarray(session.image)[outside], np.asarray(before[0].image)[outside])
+    session.undo()
+    assert session.layers == replayed
+
+
+def test_start_from_a_photo_follows_the_flow_matching_trajectory(pipeline, model_dir):
+    photo = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    session = Session(pipeline, model=str(model_dir), defaults=EditSettings(**SETTINGS))
+    session.start_from_image(photo, "a sea background", seed=5)
+    assert session.layers[0].schedule[0] == "FlowMatchEulerDiscreteScheduler"
+    session.edit("a red star", (4, 4, 16, 16))
+    outside = ~masks.box_mask((4, 4, 16, 16), SIZE)
+    np.testing.assert_array_equal(np.asarray(session.image)[outside], np.asarray(session.layers[0].image)[outside])
+    assert session.layers[1].info["bcg"] == "memory"
+
+
+def test_another_step_count_falls_back_to_the_renoised_flow_latent(session):
+    session.edit("a red star", (4, 4, 16, 16), num_inference_steps=STEPS + 1)
+    assert session.layers[1].info["bcg"] == "renoise"
+    outside = ~masks.box_mask((4, 4, 16, 16), SIZE)
+    np.testing.assert_array_equal(np.asarray(session.image)[outside], np.asarray(session.layers[0].image)[outside])
+
+
+# ---------------------------------------------------------------- MQD inside a real edit
+def test_mqd_weights_measured_inside_the_joint_processor_of_an_edit(session, family, monkeypatch):
+    session.edit("a blue circle", (0, 0, 16, 32))
+    calls, real_sdpa = [], joint.F.scaled_dot_product_attention
+    seen_regions, pending = [], []
+    real_allowed = joint.JointProcessorBase.allowed
+
+    def allowed(processor, rows, device):  # the fused call asks for its mask right before attending
+        seen_regions.append(processor.regions)
+        pending.append(True)
+        return real_allowed(processor, rows, device)
+
+    def sdpa(query, key, value, attn_mask=None, **kwargs):
+        if pending:
+            pending.clear()
+            calls.append((query, key, attn_mask))
+        return real_sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(joint.JointProcessorBase, "allowed", allowed)
+    monkeypatch.setattr(joint.F, "scaled_dot_product_attention", sdpa)
+    session.edit("a red star with a white moon", (8, 8, 24, 24))  # longer: the other prompts keep padding
+    monkeypatch.undo()
+
+    regions = seen_regions[-1]
+    assert regions.maps.count == 3 and regions.plain_rows == ((0,) if family == "sd3" else ())
+    blocks = 3 if family == "sd3" else 4
+    assert len(calls) == blocks * STEPS, "one fused call per joint block per step"
+    text_first = family == "flux"
+    tokens, count = regions.maps.tokens, regions.maps.count
+    assert tokens < {"sd3": 16 + 16, "flux": 16}[family], "the padding every prompt has was cut off"
+    text_owner = torch.arange(count).repeat_interleave(tokens)
+    owners = regions.image_owners()
+    is_text = torch.cat([torch.ones(len(text_owner), dtype=torch.bool), torch.zeros(len(owners), dtype=torch.bool)])
+    region = torch.cat([text_owner, owners])
+    real = torch.zeros_like(is_text)
+    real[is_text] = regions.text_mask[-1]
+    if not text_first:
+        order = torch.cat([torch.arange(len(text_owner), len(region)), torch.arange(len(text_owner))])
+        is_text, region, real = is_text[order], region[order], real[order]
+    assert (is_text & ~real).any(), "some prompt keeps padding the test must see"
+    for query, key, mask in calls:
+        weights = (query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5).masked_fill(~mask, float("-inf"))
+        cond = weights.softmax(-1)[-1]  # the conditional row
+        for r in range(count):
+            images = ~is_text & (region == r)
+            assert images.any()
+            rows = cond[:, images]
+            assert torch.all(rows[..., is_text & ~(real & (region == r))] == 0), "another prompt or padding"
+            assert torch.all(rows[..., is_text & real & (region == r)].sum(-1) > 0)
+
+
+def test_processors_come_back_after_an_edit_that_raises(session):
+    transformer = session.pipeline.denoiser
+    originals = dict(transformer.attn_processors)
+    layers = session.layers
+
+    def fail(pipe, step, timestep, tensors):
+        assert any(isinstance(p, joint.JointProcessorBase) for p in pipe.denoiser.attn_processors.values())
+        raise RuntimeError("simulated failure mid-edit")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        session.edit("a blue circle", (10, 10, 30, 30), callback_on_step_end=fail)
+    assert dict(transformer.attn_processors) == originals and session.layers == layers
+
+
+def test_flux_packs_inside_predict_and_the_memory_keeps_the_latent_grid():
+    pipeline = tiny_flux_pipeline()
+    session = Session(pipeline, defaults=EditSettings(**SETTINGS))
+    session.generate("a grass background", seed=2)
+    latent = session.layers[0].trajectory[-1]
+    assert latent.shape == (1, 4, 16, 16)  # the latent grid: BCG, tight masks and the memory work on it
+    assert torch.equal(flow_matching.unpack(flow_matching.pack(latent), (16, 16)), latent)
+
+
+def test_guidance_scale_reaches_flux_dev_as_its_embedding(monkeypatch):
+    pipeline = tiny_flux_pipeline()
+    seen = []
+    forward = pipeline.transformer.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["guidance"])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.transformer, "forward", spy)
+    Session(pipeline, defaults=EditSettings(num_inference_steps=2)).generate("a grass background", guidance_scale=4.5)
+    assert [g.tolist() for g in seen] == [[4.5], [4.5]]
+
+
+def test_a_joint_folder_without_its_t5_is_a_clear_error(tmp_path):
+    components = tiny_flux_pipeline().components
+    with pytest.raises(UnsupportedModelError, match="text_encoder_2"):
+        type(tiny_flux_pipeline())(**{**components, "text_encoder_2": None})
+    folder = tmp_path / "flux"
+    tiny_flux_pipeline().save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["transformer"] == ["diffusers", "FluxTransformer2DModel"]
