@@ -1,6 +1,6 @@
 """What each model family costs at its published size: parameters, memory and denoiser time per step.
 
-    OMP_NUM_THREADS=1 python -m benchmark.families_size [--families sd15,sdxl,pixart] [--size 256] [--repeats 3]
+    OMP_NUM_THREADS=1 python -m benchmark.families_size [--families sd15,sdxl,pixart,sd3,flux] [--size 256] [--repeats 3]
 
 Builds each family's denoiser at full size from its public config values (below; random weights, nothing is
 downloaded) and calls it the way one edit step does, through the family seam (pipelines.families: the same
@@ -9,6 +9,12 @@ downloaded) and calls it the way one edit step does, through the family seam (pi
   the edit), one fused regional attention call per cross-attention layer;
 - "distilled + MQD": a batch of 1 with a guidance-scale embedding (a fused adapter's LoRA costs nothing extra);
 - "CFG plain": a batch of 2, plain cross-attention (what MQD adds is the difference to the first).
+SD3-medium and FLUX.1-dev (joint attention; `measure_joint`): MQD over 3 regions against one plain prompt (T5
+padding masked and cut, as the editor runs these families) and against diffusers' own call over the whole padded
+T5 window; SD3 with CFG (2 rows, the unconditional one plain), FLUX-dev distilled (1 row, its guidance
+embedding). FLUX's 12 B parameters do not fit this machine: its step time is computed from 2 dual-stream and 2
+single-stream blocks built at full width and timed (the rest of the call + 19 x dual + 38 x single); its
+parameters are counted from the full config on the meta device. SD3-medium is built and timed whole.
 Text encoders and the VAE are counted on the meta device (no memory); their weights at 16 bits are what a
 GPU needs on top of the denoiser's. Each family runs in its own process, so "peak RSS" is that family's own
 high-water mark; "peak - baseline" subtracts what the process held before building the denoiser.
@@ -70,6 +76,32 @@ FAMILIES = {
         "text": {"text_encoder": ("t5", dict(  # google/t5-v1_1-xxl, encoder only
             d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vocab_size=32128,
             feed_forward_proj="gated-gelu", relative_attention_num_buckets=32))},
+    },
+}
+T5_XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vocab_size=32128,  # encoder only
+              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+              max_position_embeddings=77, vocab_size=49408, hidden_act="gelu", projection_dim=1280)
+FLOW_VAE = {**SD_VAE, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False}
+# The joint-attention families (pipelines/mmdit_families.py): their own measurement, `measure_joint`.
+JOINT_FAMILIES = {
+    "sd3": {  # stabilityai/stable-diffusion-3-medium-diffusers
+        "label": "SD3-medium", "native": 1024, "clip_tokens": 77, "t5_tokens": 256, "rows": 2,
+        "transformer": dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                            num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                            pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192),
+        "text": {"text_encoder": ("clip-projection", CLIP_L), "text_encoder_2": ("clip-projection", CLIP_G),
+                 "text_encoder_3": ("t5", T5_XXL)},
+    },
+    "flux": {  # black-forest-labs/FLUX.1-dev
+        "label": "FLUX.1-dev", "native": 1024, "clip_tokens": 0, "t5_tokens": 512, "rows": 1,
+        "transformer": dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                            guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+        # 12 B parameters (24 GiB in 16 bits) do not fit this machine's memory: 2 + 2 blocks at full width are
+        # built and timed, and a step is computed as the rest + 19 x a dual-stream + 38 x a single-stream block.
+        "built_blocks": (2, 2),
+        "text": {"text_encoder": ("clip", CLIP_L), "text_encoder_2": ("t5", T5_XXL)},
     },
 }
 REGIONS = 3  # background, one earlier layer, the edit
@@ -154,7 +186,7 @@ def measure(key: str, size: int, repeats: int, dtype: torch.dtype) -> dict:
     region_masks = [np.ones((size, size), bool), np.zeros((size, size), bool), np.zeros((size, size), bool)]
     region_masks[1][: size // 2, : size // 2] = True
     region_masks[2][size // 4: 3 * size // 4, size // 4: 3 * size // 4] = True
-    maps = RegionMaps.from_masks(region_masks, tokens, (latent, latent), family.token_grids((latent, latent)))
+    maps = RegionMaps.from_masks(region_masks, tokens, (latent, latent), grids=family.token_grids((latent, latent)))
     G.add_guidance_projection(denoiser)  # zero-initialised: the distilled call's extra input
     embedding = G.guidance_embedding(4.0, G.EMBEDDING_DIM, batch=1, dtype=dtype)
     t = torch.tensor(500)
@@ -198,6 +230,151 @@ def measure(key: str, size: int, repeats: int, dtype: torch.dtype) -> dict:
     }
 
 
+def joint_denoiser(spec: dict, dtype: torch.dtype) -> tuple[torch.nn.Module, int]:
+    """The transformer with random weights (N(0, 0.02)), all blocks or `built_blocks`; and the full config's
+    parameter count, counted on the meta device."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    cls = FluxTransformer2DModel if "num_single_layers" in spec["transformer"] else SD3Transformer2DModel
+    with torch.device("meta"):
+        full_params = count(cls(**spec["transformer"]))
+        config = dict(spec["transformer"])
+        if "built_blocks" in spec:
+            config.update(num_layers=spec["built_blocks"][0], num_single_layers=spec["built_blocks"][1])
+        model = cls(**config)
+    model = model.to_empty(device="cpu").to(dtype)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float32).mul_(0.02))
+    return model.eval(), full_params
+
+
+def block_timer(transformer) -> tuple[dict[str, list[float]], list]:
+    """Seconds per call of every transformer block, by kind ("dual" / "single"), via forward hooks."""
+    times: dict[str, list[float]] = {"dual": [], "single": []}
+    handles, started = [], {}
+    kinds = [("dual", b) for b in transformer.transformer_blocks]
+    kinds += [("single", b) for b in getattr(transformer, "single_transformer_blocks", [])]
+    for kind, block in kinds:
+        def before(module, args, kwargs, key=id(block)):
+            started[key] = time.perf_counter()
+
+        def after(module, args, kwargs, output, key=id(block), kind=kind):
+            times[kind].append(time.perf_counter() - started[key])
+
+        handles.append(block.register_forward_pre_hook(before, with_kwargs=True))
+        handles.append(block.register_forward_hook(after, with_kwargs=True))
+    return times, handles
+
+
+def measure_joint(key: str, size: int, repeats: int, dtype: torch.dtype) -> dict:
+    """SD3 / FLUX, in this process: time one denoiser call per step with MQD (3 regions), with one plain prompt
+    (padding masked and cut, as the editor runs it), and with diffusers' plain call over the full padded window."""
+    from diffusers import AutoencoderKL
+
+    from pipelines.attention import RegionMaps
+    from pipelines.families import TextConditioning, family_class
+
+    spec = JOINT_FAMILIES[key]
+    torch.set_flush_denormal(True)
+    baseline = peak_rss()
+    encoders = {name: text_encoder(*entry) for name, entry in spec["text"].items()}
+    with torch.device("meta"):
+        vae = AutoencoderKL(**FLOW_VAE)
+    started = time.perf_counter()
+    denoiser, full_params = joint_denoiser(spec, dtype)
+    build_seconds = time.perf_counter() - started
+    parts = {"unet": None, "text_encoder_2": None, "text_encoder_3": None, **encoders}
+    components = SimpleNamespace(tokenizer=True, tokenizer_2=True, tokenizer_3=True, vae=vae, vae_scale_factor=8,
+                                 transformer=denoiser, **parts)
+    family = family_class(components)(components)
+
+    rows, latent = spec["rows"], size // 8
+    generator = torch.Generator().manual_seed(1)
+    latents = torch.randn(rows, 16, latent, latent, generator=generator).to(dtype)
+    window = spec["clip_tokens"] + spec["t5_tokens"]
+    width, pooled_width = int(denoiser.config.joint_attention_dim), int(denoiser.config.pooled_projection_dim)
+    hidden = torch.randn(rows, REGIONS * window, width, generator=generator).to(dtype)
+    mask = torch.zeros(rows, REGIONS * window, dtype=torch.bool)
+    for region in range(REGIONS):  # CLIP's window is attended whole (as SD3 was trained), T5's real tokens only
+        mask[:, region * window:region * window + spec["clip_tokens"] + VALID_TOKENS] = True
+    pooled = torch.randn(rows, pooled_width, generator=generator).to(dtype)
+    routed = family.prepare_text(TextConditioning(hidden, mask, pooled), REGIONS)
+    single = family.prepare_text(TextConditioning(hidden[:, :window], mask[:, :window], pooled), 1)
+    padded = TextConditioning(hidden[:, :window], None, pooled)  # diffusers: every token of the window attended
+    region_masks = [np.ones((size, size), bool), np.zeros((size, size), bool), np.zeros((size, size), bool)]
+    region_masks[1][: size // 2, : size // 2] = True
+    region_masks[2][size // 4: 3 * size // 4, size // 4: 3 * size // 4] = True
+    grids = family.token_grids((latent, latent))
+    maps = RegionMaps.from_masks(region_masks, routed.tokens // REGIONS, (latent, latent), grids=grids)
+    guidance = family.guidance_condition(3.5, rows, "cpu", dtype) if family.native_guidance else None
+    plain_rows = (0,) if rows == 2 else ()  # SD3: CFG's unconditional row attends plainly
+    t = torch.tensor(500.0)
+    variants = {
+        "mqd": (routed, lambda: family.attention_routing(maps, routed, None, plain_rows)),
+        "plain": (single, lambda: family.attention_routing(None, single, None, plain_rows, (latent, latent))),
+        "diffusers_window": (padded, contextlib.nullcontext),
+    }
+    seconds, blocks = {}, {}
+    times, handles = block_timer(denoiser)
+    with torch.no_grad():
+        for name, (text, routing) in variants.items():
+            with routing():
+                calls = []
+                for index in range(repeats + 1):
+                    for kind in times:
+                        times[kind].clear()
+                    started = time.perf_counter()
+                    family.predict(latents, t, text, timestep_cond=guidance)
+                    if index:  # the first call warms up
+                        calls.append((time.perf_counter() - started, {k: sum(v) for k, v in times.items()},
+                                      {k: statistics.median(v) if v else 0.0 for k, v in times.items()}))
+            middle = sorted(calls, key=lambda c: c[0])[len(calls) // 2]
+            measured, block_sum, per_block = middle
+            if "built_blocks" in spec:  # the rest of the call + every block of the full model
+                full = spec["transformer"]
+                rest = measured - sum(block_sum.values())
+                seconds[name] = rest + full["num_layers"] * per_block["dual"] + full["num_single_layers"] * per_block[
+                    "single"]
+            else:
+                seconds[name] = measured
+            blocks[name] = per_block
+    for handle in handles:
+        handle.remove()
+    text_params = {name: count(module) for name, module in encoders.items()}
+    return {
+        "family": family.name, "label": spec["label"], "native_px": spec["native"], "size_px": size,
+        "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(), "rows": rows,
+        "denoiser": type(denoiser).__name__, "denoiser_params": full_params,
+        "built_params": count(denoiser), "text_encoder_params": text_params, "vae_params": count(vae),
+        "weights_16bit_gib": {"denoiser": full_params * 2 / GIB, "text_encoders": sum(text_params.values()) * 2 / GIB,
+                              "vae": count(vae) * 2 / GIB},
+        "peak_rss_gib": peak_rss() / GIB, "peak_minus_baseline_gib": (peak_rss() - baseline) / GIB,
+        "build_seconds": build_seconds, "step_seconds": seconds, "block_seconds": blocks,
+        "step_time": "computed from built blocks" if "built_blocks" in spec else "measured",
+        "text_tokens": {"mqd": routed.tokens, "plain": single.tokens, "diffusers_window": window},
+        "mqd_overhead": seconds["mqd"] / seconds["plain"] - 1.0,
+        "mqd_vs_diffusers_window": seconds["mqd"] / seconds["diffusers_window"] - 1.0,
+    }
+
+
+def joint_table(results: list[dict]) -> str:
+    header = ("| family | denoiser params | text encoders params | 16-bit weights, all (GiB) | peak RSS (GiB) | rows "
+              "| text tokens MQD / plain / window | MQD s/step | plain s/step | diffusers window s/step "
+              "| MQD overhead | MQD vs window | step time |")
+    lines = [header, "|" + "---|" * 13]
+    for r in results:
+        step, tokens = r["step_seconds"], r["text_tokens"]
+        lines.append(f"| {r['label']} | {r['denoiser_params'] / 1e9:.3f} B | "
+                     f"{sum(r['text_encoder_params'].values()) / 1e9:.3f} B | {sum(r['weights_16bit_gib'].values()):.2f} | "
+                     f"{r['peak_rss_gib']:.2f} | {r['rows']} | {tokens['mqd']} / {tokens['plain']} / "
+                     f"{tokens['diffusers_window']} | {step['mqd']:.2f} | {step['plain']:.2f} | "
+                     f"{step['diffusers_window']:.2f} | {100 * r['mqd_overhead']:+.1f}% | "
+                     f"{100 * r['mqd_vs_diffusers_window']:+.1f}% | {r['step_time']} |")
+    return "\n".join(lines)
+
+
 def table(results: list[dict]) -> str:
     header = ("| family | denoiser params | text encoders params | 16-bit weights, all (GiB) | peak RSS (GiB) "
               "| CFG+MQD s/step | distilled+MQD s/step | distilled/CFG | MQD overhead |")
@@ -214,7 +391,8 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", default=",".join(FAMILIES), help="comma list of %(default)s")
+    known = {**FAMILIES, **JOINT_FAMILIES}
+    parser.add_argument("--families", default=",".join(known), help="comma list of %(default)s")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant, after one warm-up")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
@@ -225,12 +403,13 @@ def main(argv=None) -> int:
         parser.error("--size must be a multiple of 16 (8x VAE, 2x2 transformer patches)")
     dtype = getattr(torch, args.dtype)
     if args.one:
-        print(json.dumps(measure(args.one, args.size, args.repeats, dtype)))
+        measure_one = measure_joint if args.one in JOINT_FAMILIES else measure
+        print(json.dumps(measure_one(args.one, args.size, args.repeats, dtype)))
         return 0
     results = []
     for key in args.families.split(","):
-        if key not in FAMILIES:
-            parser.error(f"unknown family {key!r}; known: {list(FAMILIES)}")
+        if key not in known:
+            parser.error(f"unknown family {key!r}; known: {list(known)}")
         command = [sys.executable, "-m", "benchmark.families_size", "--one", key, "--size", str(args.size),
                    "--repeats", str(args.repeats), "--dtype", args.dtype]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -241,7 +420,14 @@ def main(argv=None) -> int:
         print(f"{key}: done", file=sys.stderr, flush=True)
     print(f"{args.size}x{args.size} px, {args.dtype} weights, {results[0]['threads']} CPU thread(s), "
           f"{REGIONS} MQD regions, median of {args.repeats} calls\n")
-    print(table(results))
+    cross = [r for r in results if r["family"] not in JOINT_FAMILIES]
+    joint = [r for r in results if r["family"] in JOINT_FAMILIES]
+    if cross:
+        print(table(cross))
+    if joint:
+        print("\nJoint attention (SD3, FLUX): MQD vs one plain prompt (padding masked and cut, as the editor runs "
+              "it) and vs diffusers' call over the whole padded text window\n")
+        print(joint_table(joint))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     return 0

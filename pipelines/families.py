@@ -446,6 +446,10 @@ def check_model_index(folder: str | Path) -> None:
 
 def timestep_embedding(denoiser) -> torch.nn.Module:
     """Where a guidance-scale projection joins `denoiser`'s timestep features, whatever its family."""
+    if type(denoiser).__name__ in ("SD3Transformer2DModel", "FluxTransformer2DModel"):
+        raise UnsupportedModelError(
+            f"guidance adapters are not trained for a {type(denoiser).__name__} yet: FLUX-dev embeds its own "
+            "guidance scale (guidance='distilled' without an adapter); SD3 and FLUX-schnell run guidance='cfg'")
     family = PixArtAlpha if isinstance(denoiser, PixArtTransformer2DModel) else StableDiffusion
     return family.timestep_embedding(denoiser)
 

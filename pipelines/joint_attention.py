@@ -83,7 +83,7 @@ class JointRegions:
     def plain(self) -> JointRegions:
         """The same text and rows with every image token owned by the last region (the edit's prompt)."""
         owners = np.full(self.maps.owners.shape, self.maps.count - 1, dtype=np.int64)
-        maps = RegionMaps(owners, self.maps.count, self.maps.tokens, self.maps.latent_size)
+        maps = RegionMaps(owners, self.maps.count, self.maps.tokens, self.maps.latent_size, grids=self.maps.grids)
         return JointRegions(maps, self.grid, self.text_mask, self.plain_rows)
 
     def image_owners(self) -> torch.Tensor:

@@ -116,11 +116,11 @@ def test_a_pixart_folder_with_a_sentencepiece_tokenizer_loads_as_published(tmp_p
 
 
 def test_a_folder_of_an_unsupported_family_is_refused_before_loading(tmp_path):
-    folder = save_tiny_family(tmp_path / "flux", "pixart")
+    folder = save_tiny_family(tmp_path / "sana", "pixart")
     index = json.loads((folder / "model_index.json").read_text())
-    index.update(_class_name="FluxPipeline", transformer=["diffusers", "FluxTransformer2DModel"])
+    index.update(_class_name="SanaPipeline", transformer=["diffusers", "SanaTransformer2DModel"])
     (folder / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(UnsupportedModelError, match="FluxTransformer2DModel.*supported: Stable Diffusion 1/2"):
+    with pytest.raises(UnsupportedModelError, match="SanaTransformer2DModel.*supported: Stable Diffusion 1/2.*FLUX"):
         Session.from_pretrained(folder, device="cpu")
 
 

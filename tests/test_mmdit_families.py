@@ -274,3 +274,10 @@ def test_a_joint_folder_without_its_t5_is_a_clear_error(tmp_path):
     tiny_flux_pipeline().save_pretrained(folder)
     index = json.loads((folder / "model_index.json").read_text())
     assert index["transformer"] == ["diffusers", "FluxTransformer2DModel"]
+
+
+def test_a_guidance_adapter_on_a_joint_family_is_a_clear_error(tmp_path):
+    from pipelines import guidance as G
+
+    with pytest.raises(UnsupportedModelError, match="FLUX-dev embeds its own guidance"):
+        G.add_guidance_projection(tiny_flux_pipeline().transformer)
