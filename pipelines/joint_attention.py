@@ -25,15 +25,15 @@ region by region, as a reference for the fused call and for timing.
 
 Setting `plain_blocks` (first, last): that many leading and trailing transformer blocks attend without routing,
 every image token hearing the edit's own prompt (what attention="bcg" does everywhere). Published regional-FLUX
-recipes blend a base pass for image quality; here the default is (0, 0), MQD in every block: a plain block lets a
-region's image tokens hear another layer's prompt (measured: test_joint_attention checks the weight is non-zero
-there and zero everywhere else), and whether the first or last blocks need the plain prompt for quality can only be
-measured on real weights (benchmark/families_size.py times the cost; it is the same with or without plain blocks).
+recipes blend a base pass for image quality; here the default is (0, 0), MQD in every block, because a plain block
+lets the edit's prompt reach every earlier layer's region (measured inside the processor by test_joint_attention:
+non-zero weight there, zero in routed blocks) and BCG already keeps the picture outside the edit on the memory.
+Whether the first or last blocks need the plain prompt for quality can only be measured on real weights, which this
+project cannot load here; a plain block costs the same as a routed one (the same fused call, another mask).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -216,9 +216,8 @@ class JointLoopMixin:
                     break
                 prompt = text_at[(text_owner == region) & real[row]]
                 images = image_at if plain else image_at[image_owner == region]
-                groups = ((image_at if plain else images), prompt)  # image queries, text queries
-                for queries, keys in ((groups[0], torch.cat([prompt, image_at])),
-                                      (groups[1], torch.cat([prompt, images]))):
+                # the region's image tokens hear its prompt and every image token; its prompt hears its images
+                for queries, keys in ((images, torch.cat([prompt, image_at])), (prompt, torch.cat([prompt, images]))):
                     if len(queries) == 0:
                         continue
                     result = F.scaled_dot_product_attention(query[row:row + 1, :, queries], key[row:row + 1, :, keys],
@@ -348,14 +347,3 @@ def joint_regional_attention(transformer, regions: JointRegions, plain_blocks: t
     finally:
         transformer.set_attn_processor(originals)
 
-
-def region_text(texts: Sequence[tuple[torch.Tensor, torch.Tensor | None]]):
-    """Region prompts side by side: ([B, count * L, D], bool [B, count * L] or None) from (embeds, mask) pairs."""
-    lengths = {embeds.shape[1] for embeds, _ in texts}
-    if len(lengths) != 1:
-        raise ValueError(f"region prompts have different token lengths {sorted(lengths)}")
-    embeds = torch.cat([embeds for embeds, _ in texts], dim=1)
-    if all(mask is None for _, mask in texts):
-        return embeds, None
-    masks = [torch.ones(e.shape[:2], dtype=torch.bool, device=e.device) if m is None else m.bool() for e, m in texts]
-    return embeds, torch.cat(masks, dim=1)
