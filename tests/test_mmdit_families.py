@@ -281,3 +281,25 @@ def test_a_guidance_adapter_on_a_joint_family_is_a_clear_error(tmp_path):
 
     with pytest.raises(UnsupportedModelError, match="FLUX-dev embeds its own guidance"):
         G.add_guidance_projection(tiny_flux_pipeline().transformer)
+
+
+def test_the_ui_starts_on_flux_with_its_own_settings_and_paints(tmp_path):
+    from gradio_client import Client
+    from PIL import Image
+
+    from ui import app, controls
+
+    pipeline = tiny_flux_pipeline()
+    assert controls.guidance_choices(pipeline) == ["distilled"]
+    assert controls.scheduler_choices(pipeline) == ["flow-euler"]
+    demo = app.build_app(pipeline, model="tiny-flux")
+    _, url, _ = app.launch_app(demo, host="127.0.0.1", port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        defaults = EditSettings().for_family(pipeline.family.default_settings)
+        values = {name: getattr(defaults, name) for name in controls.SETTING_CONTROLS}
+        values["num_inference_steps"] = 2
+        result = Client(url, verbose=False).predict(prompt="a grass background", seed_mode="fixed", seed=1,
+                                                    **values, api_name="/generate")
+        assert Image.open(result[0]).size == SIZE
+    finally:
+        demo.close()

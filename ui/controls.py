@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from editor import EditSettings
+from editor.settings import SCHEDULERS
 
 MAX_UI_SEED = 2**31 - 1  # random seeds are drawn below this; JavaScript numbers stay exact
 SEED_MODES = [("session noise", "session"), ("this number", "fixed"), ("random", "random")]
@@ -71,8 +72,18 @@ SETTING_CONTROLS = SettingsControls.names()
 
 
 def guidance_choices(pipeline) -> list[str]:
-    """Guidance modes this pipeline can run: "distilled" only when it has a guidance adapter."""
+    """Guidance modes this pipeline can run: "distilled" only when it has a guidance adapter; only "distilled"
+    for a model that embeds its guidance scale itself (FLUX-dev)."""
+    family = getattr(pipeline, "family", None)
+    if family is not None and family.native_guidance:
+        return ["distilled"]
     return ["cfg", "distilled"] if getattr(pipeline, "has_guidance_adapter", False) else ["cfg"]
+
+
+def scheduler_choices(pipeline) -> list[str]:
+    """The samplers this pipeline's model family runs (all of pipelines.schedulers.SCHEDULERS without one)."""
+    family = getattr(pipeline, "family", None)
+    return list(family.schedulers) if family is not None else sorted(SCHEDULERS)
 
 
 def pick_seed(mode: str, seed) -> int | None:

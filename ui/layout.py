@@ -14,7 +14,8 @@ import gradio as gr
 from editor import EditSettings
 from editor import settings as settings_module
 from ui.canvas import CANVAS_TARGET, brush_size, display_scale
-from ui.controls import GUIDANCE_NOTE, MASK_MODES, MAX_UI_SEED, SEED_MODES, SETTING_CONTROLS, guidance_choices
+from ui.controls import (GUIDANCE_NOTE, MASK_MODES, MAX_UI_SEED, SEED_MODES, SETTING_CONTROLS, guidance_choices,
+                         scheduler_choices)
 
 SESSION_IDLE_TTL_S = 24 * 3600  # a tab's Session is freed after a day without a change (its autosave stays)
 INTRO = ("## layered-edit\nEvery edit is a layer: paint a mask, describe what goes there, click **Edit in mask**. "
@@ -72,7 +73,8 @@ class Components:
 def create_components(pipeline, session_closed: Callable) -> Components:
     """Lay out the app inside the current gr.Blocks for `pipeline` (its image size and guidance modes).
     `session_closed` is called with a tab's Session when gradio drops it."""
-    defaults = EditSettings()
+    family = getattr(pipeline, "family", None)  # a model family starts from its own sampler, steps and guidance
+    defaults = EditSettings().for_family(family.default_settings if family is not None else {})
     state = gr.State(None, time_to_live=SESSION_IDLE_TTL_S, delete_callback=session_closed)
     gr.Markdown(INTRO)
     restore = _restore_row()
@@ -154,12 +156,13 @@ def _settings_panel(defaults: EditSettings, pipeline) -> dict:
             found = {
                 "num_inference_steps": gr.Slider(1, 100, defaults.num_inference_steps, step=1, label="Steps"),
                 "guidance_scale": gr.Slider(0, 20, defaults.guidance_scale, step=0.5, label="Guidance scale"),
-                "scheduler": gr.Dropdown(sorted(settings_module.SCHEDULERS), value=defaults.scheduler,
-                                         label="Scheduler"),
+                "scheduler": gr.Dropdown(scheduler_choices(pipeline), value=defaults.scheduler, label="Scheduler"),
                 "guidance": gr.Radio(
                     guidance_modes, value=defaults.guidance, label="Guidance mode",
                     interactive=len(guidance_modes) > 1,
-                    info=GUIDANCE_NOTE if len(guidance_modes) > 1 else "this model has no distilled adapter"),
+                    info=GUIDANCE_NOTE if len(guidance_modes) > 1 else (
+                        "this model embeds its guidance scale" if guidance_modes == ["distilled"]
+                        else "this model has no distilled adapter")),
                 "free_steps_ratio": gr.Slider(0, 1, defaults.free_steps_ratio, step=0.05,
                                               label="BCG free-steps ratio")}
         with gr.Row():
