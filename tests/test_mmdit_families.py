@@ -303,3 +303,17 @@ def test_the_ui_starts_on_flux_with_its_own_settings_and_paints(tmp_path):
         assert Image.open(result[0]).size == SIZE
     finally:
         demo.close()
+
+
+def test_the_benchmark_runs_on_a_tiny_flux_folder(tmp_path):
+    from benchmark.cli import main as bench_main
+
+    folder = tmp_path / "flux"
+    tiny_flux_pipeline().save_pretrained(folder)
+    out = tmp_path / "bench"
+    status = bench_main(["--suite", "multiedit", "--limit", "1", "--methods", "mqd,full", "--model", str(folder),
+                         "--steps", "2", "--device", "cpu", "--out", str(out)])
+    assert status == 0
+    run = json.loads((out / "run.json").read_text())
+    results = json.loads((out / "scenes" / run["plans"][0]["name"] / "full.json").read_text())
+    assert results["status"] == "ok" and results["edits"] and results["background"]["unet_evals"] == 2
