@@ -32,7 +32,11 @@ from editor import EditSettings, Session
 from memory import ProjectError
 from pipelines import TextConditioning, UnsupportedModelError, masks
 from pipelines import guidance as G
-from pipelines.attention import RegionalAttnProcessor
+from pipelines.attention import (
+    RegionalAttnProcessor,
+    RegionLoopAttnProcessor,
+    RegionMaps,
+)
 from pipelines.families import (
     PixArtAlpha,
     StableDiffusion,
@@ -90,9 +94,21 @@ def union_of(boxes) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the family is read from the folder
+PUBLISHED_INDEX = {  # what the published folders' model_index.json add to the components
+    "sd": {"_class_name": "StableDiffusionPipeline", "safety_checker": [None, None],
+           "feature_extractor": [None, None], "requires_safety_checker": False},
+    "sdxl": {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
+             "feature_extractor": [None, None], "image_encoder": [None, None]},
+    "pixart": {"_class_name": "PixArtAlphaPipeline"},
+}
+
+
 @pytest.mark.parametrize("name", ["sd", "sdxl", "pixart"])
 def test_the_family_is_read_from_the_components(name, tmp_path):
     folder = save_tiny_family(tmp_path / name, name)
+    index = json.loads((folder / "model_index.json").read_text())
+    index = {key: value for key, value in index.items() if value != [None, None]}  # as published: no empty slots
+    (folder / "model_index.json").write_text(json.dumps({**index, **PUBLISHED_INDEX[name]}))
     check_model_index(folder)
     pipeline = Session.from_pretrained(folder, device="cpu").pipeline
     assert type(pipeline.family) is FAMILY_CLASSES[name]
@@ -280,6 +296,24 @@ def test_queries_put_zero_weight_on_other_regions_and_on_padding_tokens(session,
             assert torch.all(rows[1][..., ~(own & valid)] == 0), "cond: another region's token or padding"
             assert torch.all(rows[0][..., ~(own & negative)] == 0), "uncond: not the plain negative prompt"
             torch.testing.assert_close(rows.sum(-1), torch.ones_like(rows.sum(-1)))
+
+
+def test_the_fused_call_equals_the_per_region_loop_with_a_text_mask(pipeline):
+    """Checked on each family's own cross-attention layers and token grids, with T5-style padding."""
+    torch.manual_seed(0)
+    regions = [np.ones((16, 16), bool), np.zeros((16, 16), bool), np.zeros((16, 16), bool)]
+    regions[1][:, :8], regions[2][4:12, 4:12] = True, True
+    maps = RegionMaps.from_masks(regions, 5, (16, 16), pipeline.family.token_grids((16, 16)))
+    attention_layers = [module for name, module in pipeline.denoiser.named_modules() if name.endswith("attn2")]
+    real = torch.tensor([[1, 1, 0, 0, 0] * 3, [1, 1, 1, 1, 0] * 3], dtype=torch.bool)
+    bias = ((1 - real.float()) * -10000.0)[:, None]  # as diffusers hands a text mask to cross-attention
+    for queries in maps.grids:
+        attn = attention_layers[0]
+        hidden = torch.randn(2, queries, attn.to_q.in_features)
+        context = torch.randn(2, 15, attn.to_k.in_features)
+        fused = RegionalAttnProcessor(maps)(attn, hidden, encoder_hidden_states=context, attention_mask=bias)
+        loop = RegionLoopAttnProcessor(maps)(attn, hidden, encoder_hidden_states=context, attention_mask=bias)
+        assert (fused - loop).abs().max().item() < 1e-5
 
 
 def test_only_cross_attention_is_routed_and_processors_come_back_after_an_edit_that_raises(session):
