@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from benchmark import analysis, metrics
-from benchmark.methods import COMPARISONS, LONG_METHODS, runs_on
+from benchmark.methods import COMPARISONS, runs_on
 from benchmark.runner import json_bytes, png_bytes, scene_paths, write_atomic
 
 CLIP_SKIPPED = "CLIP score skipped: no --clip model given."
@@ -200,13 +200,14 @@ def report(collected: dict, rows: dict[str, list[dict]], long_rows: dict[str, li
            summary: dict, shards: list[dict], figures: list[str]) -> str:
     run, config = collected["run"], collected["run"]["config"]
     methods = list(rows)
-    groups = sorted({r["group"] for method_rows in rows.values() for r in method_rows})
+    groups = {r["group"] for method_rows in rows.values() for r in method_rows}
+    runs = {r["scene"] for method_rows in rows.values() for r in method_rows}
+    long_runs = {r["scene"] for method_rows in long_rows.values() for r in method_rows}
     lines = [f"# Sequential-edit benchmark: {config['suite']}", "",
              f"Model `{config['model']}`, {config['steps']} steps, plan seed {config['seed']}, "
-             f"{config.get('seeds', 1)} session seed(s) per scene; {len(groups)} scenes "
-             f"({sum(1 for r in collected['records'].values() if any(x.get('part', 'main') == 'main' for x in r.values()))}"
-             f" scene-seed runs) and {len({r['group'] for m in long_rows.values() for r in m})} long session(s); "
-             "metrics are defined in `benchmark/metrics.py`, statistics in `benchmark/stats.py`.", ""]
+             f"{config.get('seeds', 1)} session seed(s) per scene; {len(groups)} scenes ({len(runs)} scene-seed "
+             f"runs) and {len(long_runs)} long-session runs; metrics are defined in `benchmark/metrics.py`, "
+             "statistics in `benchmark/stats.py`.", ""]
     lines += ["## Metrics", ""] + [f"- **{name}**: {text}" for name, text in METRIC_LINES] + [""]
 
     # Methods, including the ones this editor cannot run
@@ -278,7 +279,7 @@ def report(collected: dict, rows: dict[str, list[dict]], long_rows: dict[str, li
     lines += ["## Notes", ""]
     lines += _notes(collected, rows)
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
-    lines += ["", f"Contact sheets: `contact/<scene>.png` (rows = methods; columns = background, then each edit; "
+    lines += ["", "Contact sheets: `contact/<scene>.png` (rows = methods; columns = background, then each edit; "
               "yellow = this edit's mask, blue = earlier masks)."]
     return "\n".join(lines) + "\n"
 

@@ -38,6 +38,7 @@ from PIL import Image
 from editor import EditSettings, Session
 from editor import settings as settings_module
 from memory import MemoryStateError, ProjectError
+from pipelines.attention import ATTENTION_ALIASES
 from ui.autosave import Autosave
 from ui.autosave import new_id as new_autosave_id
 
@@ -438,6 +439,8 @@ class Handlers:
         index = self._index(session, index)
         layer = session.layers[index]
         settings = dict(layer.settings)
+        if "attention" in settings:  # a name older projects hold ("qd") shows as today's choice
+            settings["attention"] = ATTENTION_ALIASES.get(settings["attention"], settings["attention"])
         shared = layer.kind == "edit" and bool(layer.info.get("shares_session_seed"))
         values = [settings.get(name, getattr(EditSettings(), name, None)) for name in SETTING_CONTROLS]
         values[0] = layer.negative_prompt
