@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import pipelines.attention as attention_module
 from editor import EditSettings, Session
@@ -103,9 +102,9 @@ def test_a_region_hidden_at_a_grid_costs_nothing_there_and_the_result_is_unchang
 def test_erode_dilate_routing_gives_partly_covered_cells_to_earlier_layers():
     background = np.ones((8, 8), dtype=bool)
     earlier = np.zeros((8, 8), dtype=bool)
-    earlier[:, :3] = True  # covers 3/4 of the first column of 4x4 cells... at a 2x2 grid, 3/4 of the left cells
+    earlier[:, :3] = True  # 3/4 of each left cell of a 2x2 grid (cells of 4x4 pixels)
     current = np.zeros((8, 8), dtype=bool)
-    current[:, 3:] = True  # 1/4 of the left 2x2 cells, all of the right ones
+    current[:, 3:] = True  # 1/4 of each left cell, all of each right one
     owners = owner_map([background, earlier, current])
     majority = attention_module.downsampled_owners(owners, (2, 2), 3, "majority").view(2, 2)
     assert majority.tolist() == [[1, 2], [1, 2]]
@@ -119,7 +118,8 @@ def test_erode_dilate_routing_gives_partly_covered_cells_to_earlier_layers():
     partial = np.zeros((8, 8), dtype=bool)
     partial[:, 2:] = True  # half of each left cell
     owners = owner_map([background, partial])
-    assert attention_module.downsampled_owners(owners, (2, 2), 2, "erode-dilate").view(2, 2).tolist() == [[0, 1], [0, 1]]
+    eroded = attention_module.downsampled_owners(owners, (2, 2), 2, "erode-dilate").view(2, 2)
+    assert eroded.tolist() == [[0, 1], [0, 1]]  # the half-covered left cells stay background
     assert attention_module.downsampled_owners(owners, (2, 2), 2, "majority").view(2, 2).tolist() == [[1, 1], [1, 1]]
     with pytest.raises(ValueError, match="routing"):
         RegionMaps.from_masks([background, partial], 4, (8, 8), routing="nearest")
