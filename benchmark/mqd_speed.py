@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from benchmark.plans import pixel_box
 from editor import Session
 from pipelines.attention import RegionalAttnProcessor, RegionLoopAttnProcessor
 
@@ -26,11 +27,6 @@ VARIANTS = {  # name -> (attention setting, processor class)
     "MQD fused (ours)": ("mqd", RegionalAttnProcessor),
     "MQD per-region loop": ("mqd", RegionLoopAttnProcessor),
 }
-
-
-def pixel_box(box, size):
-    width, height = size
-    return (round(box[0] * width), round(box[1] * height), round(box[2] * width), round(box[3] * height))
 
 
 def time_edit(session: Session, attention: str, processor) -> float:

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from benchmark import metrics
-from benchmark.runner import json_bytes, png_bytes, scene_paths, write_atomic
+from benchmark.runner import json_bytes, scene_paths
+from memory import png_bytes, write_atomic
 
 CLIP_SKIPPED = "CLIP score skipped: no --clip model given."
 SHEET_MIN_SIDE = 96  # contact-sheet tiles are upscaled (nearest) to at least this many pixels
@@ -70,13 +71,15 @@ def merge(out: str | Path) -> dict:
         "missing": collected["missing"],
         "summary": {method: {k: v for k, v in s.items() if k != "seconds_median"} for method, s in summary.items()},
     }
-    write_atomic(out / "results.json", json_bytes(results))
+    write_atomic(out / "results.json", json_bytes(results), parents=True)
     shards = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("process-*.json"))]
-    write_atomic(out / "costs.json", json_bytes({"scenes": collected["costs"], "processes": shards}))
+    costs = {"scenes": collected["costs"], "processes": shards}
+    write_atomic(out / "costs.json", json_bytes(costs), parents=True)
     for scene, by_method in collected["records"].items():
-        write_atomic(out / "contact" / f"{scene}.png", png_bytes(contact_sheet(out, scene, by_method)))
+        sheet = png_bytes(contact_sheet(out, scene, by_method))
+        write_atomic(out / "contact" / f"{scene}.png", sheet, parents=True)
     figures = plot(rows, out / "plots")
-    write_atomic(out / "report.md", report(collected, rows, summary, shards, figures).encode())
+    write_atomic(out / "report.md", report(collected, rows, summary, shards, figures).encode(), parents=True)
     return results
 
 
@@ -181,7 +184,7 @@ def report(collected: dict, rows: dict[str, list[dict]], summary: dict, shards: 
     lines += ["## Notes", ""]
     lines += _notes(collected, rows)
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
-    lines += ["", f"Contact sheets: `contact/<scene>.png` (rows = methods; columns = background, then each edit; "
+    lines += ["", "Contact sheets: `contact/<scene>.png` (rows = methods; columns = background, then each edit; "
               "yellow = this edit's mask, blue = earlier masks)."]
     return "\n".join(lines) + "\n"
 

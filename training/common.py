@@ -5,12 +5,13 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from memory import atomic_directory, atomic_file, write_atomic
 
 from . import configs as C
 
@@ -41,36 +42,16 @@ def sample_scenes(rng: np.random.Generator, n: int, split: str = "train", n_obje
     return [sw.sample_scene(rng, size=size, n_objects=n_objects, split=split) for _ in range(n)]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean per-image PSNR (dB) between uint8 arrays BxHxWx3."""
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
-
-
 # ---------------------------------------------------------------- checkpoints
 def atomic_save_pretrained(model, out_dir: Path, **kw) -> None:
-    """save_pretrained into a temp dir next to out_dir, then swap it in with renames."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size="15MB", **kw)
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    """save_pretrained into a staging folder next to out_dir, then swap it in (memory.atomic_directory)."""
+    with atomic_directory(out_dir, parents=True) as staging:
+        model.save_pretrained(str(staging), safe_serialization=True, max_shard_size="15MB", **kw)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, parents=True) as file:
+        torch.save(obj, file)
 
 
 def read_state(model_dir: Path) -> dict:
@@ -88,10 +69,7 @@ def update_state(model_dir: Path, component: str, **fields) -> dict:
     comp.update(fields)
     state["hardware"] = hardware()
     state["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, model_dir / STATE_FILE)
+    write_atomic(model_dir / STATE_FILE, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode(), parents=True)
     return state
 
 

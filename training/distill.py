@@ -38,10 +38,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
+from memory import write_atomic
 from pipelines import guidance as G
 from pipelines.loading import EMBEDDED_MODEL_DIR, load_pipeline, resolve_model
 from pipelines.schedulers import make_scheduler
@@ -382,11 +384,8 @@ def save_optimizer(optimizer, names: dict, folder: Path, step: int) -> None:
     for param, name in names.items():
         for key, value in optimizer.state.get(param, {}).items():
             tensors[f"{name}::{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "optimizer.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / "optimizer.safetensors")
-    (folder / "optimizer.json").write_text(json.dumps({"step": step}) + "\n")
+    write_atomic(folder / "optimizer.safetensors", safetensors.torch.save(tensors), parents=True)
+    write_atomic(folder / "optimizer.json", (json.dumps({"step": step}) + "\n").encode())
 
 
 def load_optimizer(optimizer, names: dict, folder: Path, step: int) -> bool:

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from benchmark import metrics
+
 from . import configs as C
-from .common import (EMA, arch_key, Timer, atomic_save_pretrained, atomic_torch_save, hardware, lr_at, psnr, read_state,
+from .common import (Timer, arch_key, atomic_save_pretrained, atomic_torch_save, hardware, lr_at, read_state,
                      sample_scenes, to_tensor, to_uint8, update_state)
 
 
@@ -66,7 +68,8 @@ def eval_psnr(vae, n: int = 256, seed: int = 1234, split: str = "heldout", size:
         z = vae.encode(x).latent_dist.mean
         outs.append(to_uint8(vae.decode(z).sample))
     vae.train()
-    return psnr(np.concatenate(outs), imgs)
+    decoded = np.concatenate(outs)
+    return float(np.mean([metrics.psnr(out, img) for out, img in zip(decoded, imgs)]))  # per image, then the mean
 
 
 @torch.no_grad()

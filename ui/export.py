@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from memory import png_bytes, write_atomic
+
 FILES = {
     "image.png": "the current picture (top visible layer)",
     "NN_image.png": "the picture after layer NN",
@@ -23,14 +25,14 @@ def export_zip(session, path: Path) -> Path:
                 "size": list(session.size), "image": "image.png", "layers": []}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("image.png", _png_bytes(session.image))
+        archive.writestr("image.png", png_bytes(session.image))
         for index, layer in enumerate(session.layers):
             stem = f"layers/{index:02d}"
             image = np.asarray(layer.image)
             alpha = np.clip(np.asarray(layer.mask) * 255 + 0.5, 0, 255).astype(np.uint8)
-            archive.writestr(f"{stem}_image.png", _png_bytes(Image.fromarray(image)))
-            archive.writestr(f"{stem}_layer.png", _png_bytes(Image.fromarray(np.dstack([image, alpha]), "RGBA")))
-            archive.writestr(f"{stem}_mask.png", _png_bytes(Image.fromarray(np.asarray(layer.user_mask))))
+            archive.writestr(f"{stem}_image.png", png_bytes(Image.fromarray(image)))
+            archive.writestr(f"{stem}_layer.png", png_bytes(Image.fromarray(np.dstack([image, alpha]), "RGBA")))
+            archive.writestr(f"{stem}_mask.png", png_bytes(Image.fromarray(np.asarray(layer.user_mask))))
             manifest["layers"].append({
                 "index": index, "kind": layer.kind, "prompt": layer.prompt,
                 "negative_prompt": layer.negative_prompt, "seed": layer.seed, "visible": layer.visible,
@@ -38,11 +40,6 @@ def export_zip(session, path: Path) -> Path:
                 "image": f"{stem}_image.png", "layer": f"{stem}_layer.png", "mask": f"{stem}_mask.png"})
         manifest["files"] = dict(FILES)
         archive.writestr("manifest.json", json.dumps(manifest, indent=2))
-    path.write_bytes(buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
     return path
 
-
-def _png_bytes(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
