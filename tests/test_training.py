@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from benchmark import shapes_world as sw
-from training import configs as C
+from training import configs
 from training.assemble import MODEL_INDEX, assemble
-from training.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, tokenize
+from training.tokenizer import load_tokenizer, save_tokenizer, tokenize
 
 
 def test_tokenizer_roundtrip_and_length(tmp_path):
@@ -19,7 +19,7 @@ def test_tokenizer_roundtrip_and_length(tmp_path):
     rng = np.random.default_rng(0)
     caps = [sw.sample_scene(rng, n_objects=3).caption for _ in range(20)] + ["", "a red star"]
     ids = tokenize(tok, caps)
-    assert ids.shape == (len(caps), C.MAX_TOKENS) == tuple(tokenize(tok2, caps).shape)
+    assert ids.shape == (len(caps), configs.MAX_TOKENS) == tuple(tokenize(tok2, caps).shape)
     assert torch.equal(ids, tokenize(tok2, caps))
     assert tok.pad_token_id == 0 and tok.unk_token_id == 1 and tok.bos_token_id == 2 and tok.eos_token_id == 3
     assert (ids[:, 0] == tok.bos_token_id).all()
@@ -27,7 +27,7 @@ def test_tokenizer_roundtrip_and_length(tmp_path):
     for cap, row in zip(caps, ids):
         words = sw.CAPTION_TOKEN_PATTERN.findall(cap)
         n = len(words)
-        assert n + 2 <= C.MAX_TOKENS
+        assert n + 2 <= configs.MAX_TOKENS
         assert row[n + 1] == tok.eos_token_id and (row[n + 2 :] == tok.pad_token_id).all()
         assert tok.decode(row, skip_special_tokens=True).split() == words
     assert tokenize(tok, [""])[0, :2].tolist() == [2, 3]

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import configs as C
+from . import configs
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -29,13 +29,13 @@ def main(argv=None):
         p.add_argument("--lr", type=float, default=lr, help="peak learning rate (default %(default)s)")
         p.add_argument("--ckpt-minutes", type=float, default=ckpt, help="checkpoint interval (default %(default)s)")
         p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this run")
-        p.add_argument("--out", default=str(C.EMBEDDED_DIR), help="model folder (default %(default)s)")
-        p.add_argument("--runs", default=str(C.RUNS_DIR), help="optimizer-state folder (default %(default)s)")
+        p.add_argument("--out", default=str(configs.EMBEDDED_DIR), help="model folder (default %(default)s)")
+        p.add_argument("--runs", default=str(configs.RUNS_DIR), help="optimizer-state folder (default %(default)s)")
         p.add_argument("--tiny", action="store_true", help="tiny test configs")
         p.add_argument("--seed", type=int, default=None)
 
     p = sub.add_parser("tokenizer", help="build the word-level tokenizer into <out>/tokenizer")
-    p.add_argument("--out", default=str(C.EMBEDDED_DIR))
+    p.add_argument("--out", default=str(configs.EMBEDDED_DIR))
     p = sub.add_parser("vae", help="train the VAE")
     common(p, 40, 8, 1e-3, 5)
     p.add_argument("--decoder-only", action="store_true",
@@ -48,7 +48,7 @@ def main(argv=None):
     p.add_argument("--curriculum-steps", type=int, default=1500,
                    help="total UNet steps during which scenes have at most 1 object")
     p = sub.add_parser("evaluate", help="quality gates on held-out data (writes JSON + contact sheet)")
-    p.add_argument("--model", default=str(C.EMBEDDED_DIR))
+    p.add_argument("--model", default=str(configs.EMBEDDED_DIR))
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=20)
@@ -56,11 +56,15 @@ def main(argv=None):
     p.add_argument("--edits", type=int, default=100, help="held-out masked edits through Session")
     p.add_argument("--out", default=None, help="results folder (default <repo>/runs/eval)")
     p = sub.add_parser("assemble", help="write model_index.json (+ scheduler, tokenizer)")
-    p.add_argument("--out", default=str(C.EMBEDDED_DIR))
+    p.add_argument("--out", default=str(configs.EMBEDDED_DIR))
     from .distill import add_distill_command
 
     add_distill_command(sub)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
 
     if a.cmd == "tokenizer":
         from .tokenizer import save_tokenizer

@@ -13,7 +13,7 @@ import torch
 
 from memory import atomic_directory, atomic_file, write_atomic
 
-from . import configs as C
+from . import configs
 
 STATE_FILE = "training_state.json"
 
@@ -37,7 +37,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def sample_scenes(rng: np.random.Generator, n: int, split: str = "train", n_objects=(0, 3), size: int = C.IMAGE_SIZE):
+def sample_scenes(rng: np.random.Generator, n: int, split: str = "train", n_objects=(0, 3),
+                  size: int = configs.IMAGE_SIZE):
     sw = world()
     return [sw.sample_scene(rng, size=size, n_objects=n_objects, split=split) for _ in range(n)]
 

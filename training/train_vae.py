@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from benchmark import metrics
 
-from . import configs as C
+from . import configs
 from .common import (Timer, arch_key, atomic_save_pretrained, atomic_torch_save, hardware, lr_at, read_state,
                      sample_scenes, to_tensor, to_uint8, update_state)
 
@@ -56,7 +56,8 @@ def vae_loss(vae, x: torch.Tensor, kl_weight: float = 1e-6, edge_weight: float =
 
 
 @torch.no_grad()
-def eval_psnr(vae, n: int = 256, seed: int = 1234, split: str = "heldout", size: int = C.IMAGE_SIZE, bs: int = 64):
+def eval_psnr(vae, n: int = 256, seed: int = 1234, split: str = "heldout", size: int = configs.IMAGE_SIZE,
+              bs: int = 64):
     vae.eval()
     dev = next(vae.parameters()).device
     rng = np.random.default_rng(seed)
@@ -73,7 +74,7 @@ def eval_psnr(vae, n: int = 256, seed: int = 1234, split: str = "heldout", size:
 
 
 @torch.no_grad()
-def measure_scaling_factor(vae, n: int = 2000, seed: int = 99, size: int = C.IMAGE_SIZE, bs: int = 100) -> float:
+def measure_scaling_factor(vae, n: int = 2000, seed: int = 99, size: int = configs.IMAGE_SIZE, bs: int = 100) -> float:
     vae.eval()
     dev = next(vae.parameters()).device
     rng = np.random.default_rng(seed)
@@ -100,7 +101,7 @@ def load_vae(out_dir: Path, run_dir: Path, tiny: bool, dev, lr: float, decoder_o
         vae = AutoencoderKL.from_pretrained(str(vae_dir))
         source = str(vae_dir)
     else:
-        vae = C.make_vae(tiny)
+        vae = configs.make_vae(tiny)
         source = "scratch"
     vae.to(dev).train()
     if decoder_only:
@@ -140,20 +141,23 @@ def train_vae(
     lr: float = 1e-3,
     warmup: int = 200,
     ckpt_minutes: float = 5.0,
-    out_dir: Path | str = C.EMBEDDED_DIR,
-    run_dir: Path | str = C.RUNS_DIR,
+    out_dir: Path | str = configs.EMBEDDED_DIR,
+    run_dir: Path | str = configs.RUNS_DIR,
     tiny: bool = False,
     max_steps: int | None = None,
     eval_n: int = 256,
     scaling_samples: int = 2000,
-    image_size: int = C.IMAGE_SIZE,
+    image_size: int = configs.IMAGE_SIZE,
     seed: int | None = None,
     quiet: bool = False,
     decoder_only: bool = False,
 ) -> dict:
-    C.set_threads(threads)
+    """Train for `minutes` (or `max_steps` steps of this run), resuming from `out_dir` and `run_dir`; checkpoint
+    every `ckpt_minutes` and at the end. Returns the last checkpoint's record. (Long only by its keyword
+    arguments, one a line.)"""
+    configs.set_threads(threads)
     out_dir, run_dir = Path(out_dir), Path(run_dir)
-    dev = C.device()
+    dev = configs.device()
     if not decoder_only and (out_dir / "unet").exists():
         # a UNet was trained on this VAE's latents: changing the encoder would invalidate it
         print("[vae] a UNet exists in the model folder: fine-tuning the decoder only", flush=True)
@@ -161,7 +165,7 @@ def train_vae(
     vae, opt, step0, source = load_vae(out_dir, run_dir, tiny, dev, lr, decoder_only)
     prior_minutes = float(read_state(out_dir).get("vae", {}).get("minutes", 0.0))
     if not quiet:
-        print(f"[vae] {C.n_params(vae)/1e6:.2f}M params, resume from {source} at step {step0}, device {dev}, "
+        print(f"[vae] {configs.n_params(vae)/1e6:.2f}M params, resume from {source} at step {step0}, device {dev}, "
               f"threads {torch.get_num_threads()}", flush=True)
     rng = np.random.default_rng(seed if seed is not None else int(time.time()) + step0)
     timer = Timer(minutes)
@@ -172,27 +176,20 @@ def train_vae(
     pbar = tqdm(total=max_steps, disable=quiet, desc="vae", mininterval=10)
 
     def checkpoint(final: bool):
-        p = eval_psnr(vae, n=eval_n, size=image_size)
-        info = dict(minutes=round(prior_minutes + timer.elapsed / 60, 2), hardware=hardware(),
-                    last_losses={k: float(np.mean([h[k] for h in hist[-100:]])) for k in hist[-1]} if hist else {},
-                    heldout_psnr=round(p, 3), batch_size=batch_size)
-        sf = save_vae(vae, opt, step, out_dir, run_dir, info, scaling_samples if final else min(scaling_samples, 500),
-                      image_size, decoder_only)
-        msg = f"[vae] step {step} ({timer.elapsed/60:.1f} min) held-out PSNR {p:.2f} dB, scaling_factor {sf:.4f}"
+        # the scaling factor is measured on fewer samples at intermediate checkpoints
+        info = checkpoint_vae(vae, opt, step, out_dir, run_dir, minutes=prior_minutes + timer.elapsed / 60, hist=hist,
+                              batch_size=batch_size, eval_n=eval_n, image_size=image_size, decoder_only=decoder_only,
+                              scaling_samples=scaling_samples if final else min(scaling_samples, 500))
         if not quiet:
-            pbar.write(msg)
-        result.update(info, steps=step, scaling_factor=sf)
+            pbar.write(f"[vae] step {step} ({timer.elapsed/60:.1f} min) held-out PSNR {info['heldout_psnr']:.2f} dB, "
+                       f"scaling_factor {info['scaling_factor']:.4f}")
+        result.update(info, steps=step)
 
     while not timer.done() and (max_steps is None or i < max_steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(i, timer.frac, lr, warmup)
-        scenes = sample_scenes(rng, batch_size, split="train", n_objects=(0, 3), size=image_size)
-        x = to_tensor([s.image for s in scenes]).to(dev)
-        loss, parts = vae_loss(vae, x, decoder_only=decoder_only, weights=object_weights(scenes, image_size))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder_params(vae) if decoder_only else vae.parameters(), 1.0)
-        opt.step()
+        parts = vae_step(vae, opt, sample_scenes(rng, batch_size, split="train", n_objects=(0, 3), size=image_size),
+                         image_size, dev, decoder_only)
         step += 1
         i += 1
         hist.append(parts)
@@ -207,3 +204,25 @@ def train_vae(
     if not quiet:
         print(f"[vae] done: {result}", flush=True)
     return result
+
+
+def vae_step(vae, opt, scenes, image_size: int, dev, decoder_only: bool) -> dict:
+    """One optimizer step on a batch of scenes; returns the loss parts."""
+    x = to_tensor([s.image for s in scenes]).to(dev)
+    loss, parts = vae_loss(vae, x, decoder_only=decoder_only, weights=object_weights(scenes, image_size))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(decoder_params(vae) if decoder_only else vae.parameters(), 1.0)
+    opt.step()
+    return parts
+
+
+def checkpoint_vae(vae, opt, step: int, out_dir: Path, run_dir: Path, *, minutes: float, hist: list[dict],
+                   batch_size: int, eval_n: int, image_size: int, decoder_only: bool, scaling_samples: int) -> dict:
+    """Measure held-out PSNR, save the VAE (with its scaling factor) and the raw state; returns the record."""
+    psnr = eval_psnr(vae, n=eval_n, size=image_size)
+    info = dict(minutes=round(minutes, 2), hardware=hardware(),
+                last_losses={k: float(np.mean([h[k] for h in hist[-100:]])) for k in hist[-1]} if hist else {},
+                heldout_psnr=round(psnr, 3), batch_size=batch_size)
+    scaling_factor = save_vae(vae, opt, step, out_dir, run_dir, info, scaling_samples, image_size, decoder_only)
+    return {**info, "scaling_factor": scaling_factor}
