@@ -13,7 +13,7 @@ from editor import EditSettings, Session
 from pipelines.guidance import load_guidance_adapter
 from pipelines.guidance_format import (ADAPTER_NAME, EMBEDDING_DIM, LORA_FILE, MAX_SCALE, PROJECTION_FILE,
                                        add_guidance_projection, attach_guidance_adapter)
-from tiny_models import save_tiny_pipeline, tiny_pipeline
+from tiny_models import tiny_pipeline
 from training.distill import (DistillConfig, add_distill_command, distill, list_prompts, run_distill_command,
                               save_guidance_adapter, student_output)
 from training.distill.adapter import lora_config
@@ -35,11 +35,6 @@ def random_adapter(unet, rank: int = 4, seed: int = 0) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory):
     pipeline = tiny_pipeline()
     random_adapter(pipeline.unet)
@@ -47,17 +42,17 @@ def adapter_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def adapted(model_dir, adapter_dir):
+def adapted(tiny_model_dir, adapter_dir):
     """A Session pipeline with the adapter loaded, and one of the same model without it."""
-    with_adapter = Session.from_pretrained(model_dir, guidance_adapter=adapter_dir).pipeline
-    plain = Session.from_pretrained(model_dir).pipeline
+    with_adapter = Session.from_pretrained(tiny_model_dir, guidance_adapter=adapter_dir).pipeline
+    plain = Session.from_pretrained(tiny_model_dir).pipeline
     for pipeline in (with_adapter, plain):
         pipeline.set_progress_bar_config(disable=True)
     return with_adapter, plain
 
 
-def session_on(pipeline, model_dir) -> Session:
-    session = Session(pipeline, model=str(model_dir), defaults=EditSettings(num_inference_steps=STEPS))
+def session_on(pipeline, tiny_model_dir) -> Session:
+    session = Session(pipeline, model=str(tiny_model_dir), defaults=EditSettings(num_inference_steps=STEPS))
     session.generate("a grass background", seed=5)
     return session
 
@@ -98,10 +93,10 @@ def test_saved_adapter_loads_back_with_identical_outputs(adapter_dir, tmp_path):
     assert np.array_equal(*images)
 
 
-def test_cfg_with_an_adapter_loaded_is_bit_identical_to_no_adapter(adapted, model_dir):
+def test_cfg_with_an_adapter_loaded_is_bit_identical_to_no_adapter(adapted, tiny_model_dir):
     with_adapter, plain = adapted
-    sessions = [session_on(pipeline, model_dir) for pipeline in (with_adapter, plain)]
-    with_distilled = session_on(with_adapter, model_dir)
+    sessions = [session_on(pipeline, tiny_model_dir) for pipeline in (with_adapter, plain)]
+    with_distilled = session_on(with_adapter, tiny_model_dir)
     with_distilled.edit("a white moon", (18, 18, 30, 30), guidance="distilled")  # adapter swapped in and out
     for session in sessions:
         session.edit("a red star", BOX)
@@ -132,9 +127,9 @@ def test_zero_initialised_adapter_is_the_teacher_before_training(tmp_path):
     assert np.array_equal(distilled.image, unguided)
 
 
-def test_distilled_edit_costs_exactly_half_the_unet_evaluations(adapted, model_dir):
+def test_distilled_edit_costs_exactly_half_the_unet_evaluations(adapted, tiny_model_dir):
     with_adapter, _ = adapted
-    session = session_on(with_adapter, model_dir)
+    session = session_on(with_adapter, tiny_model_dir)
     session.edit("a red star", BOX)
     evals = {}
     for mode in ("cfg", "distilled"):
@@ -146,9 +141,9 @@ def test_distilled_edit_costs_exactly_half_the_unet_evaluations(adapted, model_d
     assert session.layers[-1].negative_prompt_embeds is not None
 
 
-def test_negative_prompt_with_distilled_guidance_is_refused_and_session_unchanged(adapted, model_dir):
+def test_negative_prompt_with_distilled_guidance_is_refused_and_session_unchanged(adapted, tiny_model_dir):
     with_adapter, _ = adapted
-    session = session_on(with_adapter, model_dir)
+    session = session_on(with_adapter, tiny_model_dir)
     before = ([id(layer) for layer in session.layers], np.asarray(session.image).copy())
     with pytest.raises(ValueError, match="distilled guidance has no negative prompt"):
         session.edit("a red star", BOX, guidance="distilled", negative_prompt="blurry")
@@ -160,7 +155,7 @@ def test_negative_prompt_with_distilled_guidance_is_refused_and_session_unchange
     assert np.array_equal(np.asarray(session.image), before[1])
 
 
-def test_distilled_guidance_without_an_adapter_says_how_to_get_one(adapted, model_dir):
+def test_distilled_guidance_without_an_adapter_says_how_to_get_one(adapted, tiny_model_dir):
     _, plain = adapted
     assert not plain.has_guidance_adapter
     with pytest.raises(ValueError, match="load_guidance_adapter.*python -m training distill"):
@@ -169,11 +164,11 @@ def test_distilled_guidance_without_an_adapter_says_how_to_get_one(adapted, mode
         EditSettings(guidance="fast")
 
 
-def test_adapter_in_the_model_folder_loads_with_the_model(model_dir, adapter_dir, tmp_path):
+def test_adapter_in_the_model_folder_loads_with_the_model(tiny_model_dir, adapter_dir, tmp_path):
     import shutil
 
     folder = tmp_path / "model"
-    shutil.copytree(model_dir, folder)
+    shutil.copytree(tiny_model_dir, folder)
     shutil.copytree(adapter_dir, folder / "guidance")
     assert Session.from_pretrained(folder).pipeline.has_guidance_adapter
     assert not Session.from_pretrained(folder, guidance_adapter=False).pipeline.has_guidance_adapter
@@ -211,10 +206,10 @@ def test_distill_command_line_parses():
     assert args.handler is run_distill_command
 
 
-def test_distill_speed_benchmark_prints_every_number_from_one_run(model_dir, adapter_dir, capsys):
+def test_distill_speed_benchmark_prints_every_number_from_one_run(tiny_model_dir, adapter_dir, capsys):
     from benchmark import distill_speed
 
-    result = distill_speed.main(["--model", str(model_dir), "--adapter", str(adapter_dir), "--repeats", "1",
+    result = distill_speed.main(["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--repeats", "1",
                                  "--steps", "2", "--plans", "1", "--shapes-world"])
     out = capsys.readouterr().out
     assert result["unet_evals_per_edit"] == {"cfg": 4, "distilled": 2}

@@ -118,7 +118,7 @@ def test_regional_training_routes_like_an_mqd_edit():
 def test_a_plain_sample_under_the_regional_processor_equals_plain_attention():
     import torch
 
-    from tests.tiny_models import tiny_pipeline
+    from tiny_models import tiny_pipeline
     from training import regional
 
     unet = tiny_pipeline().unet.eval()
