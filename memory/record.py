@@ -106,14 +106,6 @@ class LayerRecord:
         if mask.size and (mask.min() < 0.0 or mask.max() > 1.0):
             raise ValueError(f"mask must lie in [0, 1], got range [{mask.min()}, {mask.max()}]")
 
-    def fingerprint_matches(self, other_schedule: Sequence[Any]) -> bool:
-        """True when `other_schedule` (scheduler name, timesteps) visits exactly this layer's timesteps.
-
-        Only then can BCG index this layer's trajectory step by step; otherwise the pipeline falls back to
-        re-noising the previous final latent.
-        """
-        return normalise_schedule(other_schedule) == self.schedule
-
     def buffers(self) -> Iterator[torch.Tensor | np.ndarray]:
         """Every tensor and array the record holds, so memory accounting can count shared buffers once."""
         yield self.prompt_embeds

@@ -150,12 +150,15 @@ def test_background_must_cover_the_whole_image():
         make_record("background", user_mask=np.zeros((SIZE, SIZE), np.uint8))
 
 
-def test_fingerprint_matches_only_the_same_scheduler_and_timesteps():
-    record = make_record()
-    assert record.fingerprint_matches(("DDIMScheduler", [750, 500, 250, 0]))
-    assert record.fingerprint_matches(("DDIMScheduler", torch.tensor([750, 500, 250, 0])))
-    assert not record.fingerprint_matches(("DDIMScheduler", [750, 500, 250, 1]))
-    assert not record.fingerprint_matches(("EulerDiscreteScheduler", [750, 500, 250, 0]))
+def test_a_record_keeps_its_schedule_in_the_form_the_pipeline_compares():
+    """BCG follows a stored trajectory only when (scheduler class, timesteps) equals the new edit's fingerprint
+    (pipelines.schedulers.schedule_fingerprint: a str and a tuple of ints), so tensors and lists are normalised."""
+    for timesteps in (torch.tensor([750, 500, 250, 0]), [750, 500, 250, 0], np.array([750, 500, 250, 0])):
+        record = make_record(schedule=("DDIMScheduler", timesteps))
+        assert record.schedule == ("DDIMScheduler", (750, 500, 250, 0))
+        assert all(type(step) is int for step in record.schedule[1])
+    with pytest.raises(ValueError, match="scheduler name"):
+        make_record(schedule=("", (750, 500, 250, 0)))
 
 
 def test_replace_makes_a_new_record_and_shares_unchanged_tensors():
