@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -44,34 +45,35 @@ def test_vae_and_unet_tiny_train_save_resume(tmp_path):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from training.train_unet import train_unet
-    from training.train_vae import train_vae
+    from training.train_unet import UNET_RUN, train_unet
+    from training.train_vae import VAE_RUN, train_vae
 
     out, runs = tmp_path / "model", tmp_path / "runs"
     save_tokenizer(out / "tokenizer")
     assemble(out)
     assert json.loads((out / "model_index.json").read_text()) == MODEL_INDEX
-    kw = dict(minutes=5, threads=1, batch_size=2, out_dir=out, run_dir=runs, tiny=True, eval_n=4,
-              scaling_samples=8, image_size=32, seed=0, quiet=True)
-    r = train_vae(max_steps=2, **kw)
+    run = dict(minutes=5, threads=1, out_dir=out, run_dir=runs, tiny=True, seed=0, quiet=True)
+    vae_run = replace(VAE_RUN, batch_size=2, **run)
+    kw = dict(eval_n=4, scaling_samples=8, image_size=32)
+    r = train_vae(replace(vae_run, max_steps=2), **kw)
     assert r["steps"] == 2 and np.isfinite(r["heldout_psnr"]) and r["scaling_factor"] > 0
     vae = AutoencoderKL.from_pretrained(str(out / "vae"))
     assert vae.config.scaling_factor == pytest.approx(r["scaling_factor"])
     vae.save_pretrained(str(tmp_path / "vae2"))
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     assert _outputs_equal(vae.eval(), AutoencoderKL.from_pretrained(str(tmp_path / "vae2")).eval(), x)
-    r = train_vae(max_steps=1, **kw)
+    r = train_vae(replace(vae_run, max_steps=1), **kw)
     assert r["steps"] == 3
     assert json.loads((out / "training_state.json").read_text())["vae"]["steps"] == 3
 
-    ukw = dict(minutes=5, threads=1, batch_size=4, out_dir=out, run_dir=runs, tiny=True, seed=0, pool=16,
-               refresh=2, quick_eval_n=2, quiet=True, curriculum_steps=1)
-    r = train_unet(max_steps=2, **ukw)
+    unet_run = replace(UNET_RUN, batch_size=4, **run)
+    ukw = dict(pool=16, refresh=2, quick_eval_n=2, curriculum_steps=1)
+    r = train_unet(replace(unet_run, max_steps=2), **ukw)
     assert r["steps"] == 2 and np.isfinite(r["last_loss"])
-    r = train_unet(max_steps=1, **ukw)  # resumes from runs/ (optimizer state) and continues counting
+    r = train_unet(replace(unet_run, max_steps=1), **ukw)  # resumes from runs/ (optimizer state) and continues counting
     assert r["steps"] == 3
     (runs / "unet_ckpt.pt").unlink()  # fresh machine: resumes from the committed EMA weights only
-    r = train_unet(max_steps=1, **ukw)
+    r = train_unet(replace(unet_run, max_steps=1), **ukw)
     assert r["steps"] == 4
     state = json.loads((out / "training_state.json").read_text())
     assert state["unet"]["steps"] == 4 and state["vae"]["steps"] == 3
@@ -79,7 +81,7 @@ def test_vae_and_unet_tiny_train_save_resume(tmp_path):
     # once a UNet exists, VAE training only fine-tunes the decoder: latents and scaling factor stay put
     enc_before = {k: v.clone() for k, v in AutoencoderKL.from_pretrained(str(out / "vae")).encoder.state_dict().items()}
     sf_before = AutoencoderKL.from_pretrained(str(out / "vae")).config.scaling_factor
-    r = train_vae(max_steps=1, **kw)
+    r = train_vae(replace(vae_run, max_steps=1), **kw)
     vae3 = AutoencoderKL.from_pretrained(str(out / "vae"))
     assert r["steps"] == 4 and vae3.config.scaling_factor == sf_before
     assert all(torch.equal(v, enc_before[k]) for k, v in vae3.encoder.state_dict().items())

@@ -1,4 +1,4 @@
-"""Shared helpers for the trainers: data, atomic checkpoints, training_state.json, EMA, lr schedule."""
+"""Shared helpers for the trainers: data, atomic checkpoints, training_state.json, EMA, lr schedule, the run loop."""
 from __future__ import annotations
 
 import json
@@ -6,10 +6,13 @@ import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from memory import atomic_directory, atomic_file, write_atomic
 
@@ -53,6 +56,26 @@ def atomic_save_pretrained(model, out_dir: Path, **kw) -> None:
 def atomic_torch_save(obj, path: Path) -> None:
     with atomic_file(path, parents=True) as file:
         torch.save(obj, file)
+
+
+def load_raw_checkpoint(path: Path, dev, steps_done: int, model_config) -> dict | None:
+    """The raw checkpoint at `path` (runs/) when it exists, is at least as far as `steps_done` (the committed
+    weights' step) and is of the same architecture; else None (resume from the committed weights)."""
+    if not path.exists():
+        return None
+    checkpoint = torch.load(path, map_location=dev, weights_only=True)
+    if checkpoint["step"] >= steps_done and checkpoint.get("arch") == arch_key(model_config):
+        return checkpoint
+    return None
+
+
+def restore_optimizer(optimizer, state: dict) -> None:
+    """Load a saved optimizer state; one for another parameter set (e.g. decoder-only after full training) is
+    ignored and the optimizer starts fresh."""
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError:
+        pass
 
 
 def read_state(model_dir: Path) -> dict:
@@ -140,3 +163,65 @@ class Timer:
 
     def done(self) -> bool:
         return self.elapsed >= self.budget
+
+
+# ---------------------------------------------------------------- the run loop
+@dataclass(frozen=True)
+class RunOptions:
+    """What every trainer's run takes (the common flags of `python -m training vae|unet`). Each trainer defines
+    its defaults once (train_vae.VAE_RUN, train_unet.UNET_RUN); change them with dataclasses.replace."""
+
+    minutes: float  # wall-clock budget of this run (setup excluded)
+    batch_size: int
+    lr: float  # peak learning rate
+    warmup: int  # steps of linear warm-up (each run)
+    ckpt_minutes: float  # checkpoint interval
+    threads: int | None = 1  # torch CPU threads
+    out_dir: Path | str = configs.EMBEDDED_DIR  # the model folder: resumed from, checkpointed into
+    run_dir: Path | str = configs.RUNS_DIR  # raw weights + optimizer state
+    tiny: bool = False  # tiny test configs
+    max_steps: int | None = None  # stop after this many steps of this run
+    seed: int | None = None  # None: time-based
+    quiet: bool = False
+
+
+class Run(Protocol):
+    """One trainer's run as `train_loop` drives it."""
+
+    steps_here: int  # steps of this run
+
+    def train_step(self, lr: float) -> None: ...
+
+    def checkpoint(self, seconds: float, final: bool) -> dict: ...
+
+    def describe(self, record: dict, seconds: float) -> str: ...
+
+    def postfix(self) -> dict: ...
+
+
+def train_loop(run: Run, options: RunOptions, name: str) -> dict:
+    """Step `run` until `options.minutes` run out (or `max_steps` steps of this run), with warm-up + cosine learning
+    rate; checkpoint every `ckpt_minutes` and at the end. Returns the last checkpoint's record."""
+    timer = Timer(options.minutes)
+    last_checkpoint = time.time()
+    result: dict = {}
+    progress = tqdm(total=options.max_steps, disable=options.quiet, desc=name, mininterval=10)
+
+    def checkpoint(final: bool) -> None:
+        result.update(run.checkpoint(timer.elapsed, final))
+        if not options.quiet:
+            progress.write(run.describe(result, timer.elapsed))
+
+    while not timer.done() and (options.max_steps is None or run.steps_here < options.max_steps):
+        run.train_step(lr_at(run.steps_here, timer.frac, options.lr, options.warmup))
+        progress.update(1)
+        if run.steps_here % 20 == 0:
+            progress.set_postfix(run.postfix())
+        if time.time() - last_checkpoint > options.ckpt_minutes * 60:
+            checkpoint(final=False)
+            last_checkpoint = time.time()
+    progress.close()
+    checkpoint(final=True)
+    if not options.quiet:
+        print(f"[{name}] done: {result}", flush=True)
+    return result

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from . import configs
-from .common import EMA, arch_key, Timer, atomic_save_pretrained, atomic_torch_save, hardware, lr_at, read_state, to_tensor, update_state, world
 from . import regional
+from .common import (EMA, RunOptions, arch_key, atomic_save_pretrained, atomic_torch_save, hardware,
+                     load_raw_checkpoint, read_state, restore_optimizer, to_tensor, train_loop, update_state, world)
 from .tokenizer import encode_text, load_tokenizer
 
 P_DROP = 0.10  # caption -> "" (unconditional)
@@ -178,20 +178,15 @@ def load_models(out_dir: Path, run_dir: Path, tiny: bool, dev, lr: float, ema_de
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, betas=(0.9, 0.99))
     ema_u, ema_t = EMA(unet, ema_decay), EMA(te, ema_decay)
     ck_path = run_dir / "unet_ckpt.pt"
-    if ck_path.exists():
-        ck = torch.load(ck_path, map_location=dev, weights_only=True)
-        if ck["step"] >= steps_done and ck.get("arch") == arch_key(unet.config):
-            unet.load_state_dict(ck["unet"])
-            te.load_state_dict(ck["text_encoder"])
-            ema_u.load_state_dict(ck["ema_unet"])
-            ema_t.load_state_dict(ck["ema_text"])
-            try:
-                opt.load_state_dict(ck["opt"])
-            except ValueError:
-                pass
-            steps_done = ck["step"]
-            source = str(ck_path)
-    else:
+    ck = load_raw_checkpoint(ck_path, dev, steps_done, unet.config)
+    if ck is not None:
+        unet.load_state_dict(ck["unet"])
+        te.load_state_dict(ck["text_encoder"])
+        ema_u.load_state_dict(ck["ema_unet"])
+        ema_t.load_state_dict(ck["ema_text"])
+        restore_optimizer(opt, ck["opt"])
+        steps_done, source = ck["step"], str(ck_path)
+    elif not ck_path.exists():
         # fresh optimizer on committed (EMA) weights: EMA restarts from them with its warmup
         ema_u.n = ema_t.n = 1000 if source != "scratch" else 0
     return tok, vae, unet, te, opt, ema_u, ema_t, steps_done, source
@@ -215,82 +210,46 @@ def save_checkpoint(unet, te, ema_u, ema_t, opt, step, out_dir: Path, run_dir: P
     return eu, et
 
 
-def train_unet(
-    minutes: float = 150.0,
-    threads: int | None = 1,
-    batch_size: int = 32,
-    lr: float = 8e-4,
-    warmup: int = 300,
-    ckpt_minutes: float = 10.0,
-    out_dir: Path | str = configs.EMBEDDED_DIR,
-    run_dir: Path | str = configs.RUNS_DIR,
-    tiny: bool = False,
-    max_steps: int | None = None,
-    seed: int | None = None,
-    ema: float = 0.999,
-    pool: int = 2048,
-    refresh: int = 8,
-    curriculum_steps: int = 1500,
-    image_size: int | None = None,
-    quick_eval_n: int = 32,
-    quiet: bool = False,
-) -> dict:
-    """Train for `minutes` (or `max_steps` steps of this run), resuming from `out_dir` and `run_dir`; checkpoint
-    every `ckpt_minutes` and at the end. Returns the last checkpoint's record (as in training_state.json)."""
-    configs.set_threads(threads)
-    run = UNetRun(Path(out_dir), Path(run_dir), tiny=tiny, lr=lr, ema=ema, seed=seed, pool=pool,
-                  curriculum_steps=curriculum_steps, image_size=image_size, quiet=quiet)
-    timer = Timer(minutes)
-    last_ckpt = time.time()
-    result: dict = {}
-    progress = tqdm(total=max_steps, disable=quiet, desc="unet", mininterval=10)
+UNET_RUN = RunOptions(minutes=150.0, batch_size=32, lr=8e-4, warmup=300, ckpt_minutes=10.0)
 
-    def checkpoint():
-        result.update(run.checkpoint(timer.elapsed, batch_size, quick_eval_n))
-        if not quiet:
-            progress.write(f"[unet] checkpoint step {run.step} ({timer.elapsed/60:.1f} min) loss {result['last_loss']} "
-                           f"held-out {result['heldout_quick']}")
 
-    while not timer.done() and (max_steps is None or run.steps_here < max_steps):
-        run.train_step(batch_size, refresh, lr_at(run.steps_here, timer.frac, lr, warmup))
-        progress.update(1)
-        if run.steps_here % 20 == 0:
-            progress.set_postfix(loss=f"{np.mean(run.losses[-100:]):.4f}", lr=f"{run.opt.param_groups[0]['lr']:.1e}",
-                                 step=run.step)
-        if time.time() - last_ckpt > ckpt_minutes * 60:
-            checkpoint()
-            last_ckpt = time.time()
-    progress.close()
-    checkpoint()
-    if not quiet:
-        print(f"[unet] done: {result}", flush=True)
-    return result
+def train_unet(options: RunOptions = UNET_RUN, *, ema: float = 0.999, pool: int = 2048, refresh: int = 8,
+               curriculum_steps: int = 1500, image_size: int | None = None, quick_eval_n: int = 32) -> dict:
+    """Train the UNet and text encoder (VAE frozen) as `options` say, resuming from `options.out_dir` (EMA weights)
+    and `options.run_dir` (raw weights, optimizer, EMA); returns the last checkpoint's record (as in
+    training_state.json). `pool` latents are kept, `refresh` of them redrawn each step; scenes have one object
+    for the first `curriculum_steps` steps; `quick_eval_n` held-out captions are checked at each checkpoint."""
+    configs.set_threads(options.threads)
+    run = UNetRun(options, ema=ema, pool=pool, refresh=refresh, curriculum_steps=curriculum_steps,
+                  image_size=image_size, quick_eval_n=quick_eval_n)
+    return train_loop(run, options, "unet")
 
 
 class UNetRun:
     """One `train_unet` run: the models (resumed), optimizer, EMA, latent pool, regional routing and counters."""
 
-    def __init__(self, out_dir: Path, run_dir: Path, *, tiny: bool, lr: float, ema: float, seed: int | None,
-                 pool: int, curriculum_steps: int, image_size: int | None, quiet: bool):
-        self.out_dir, self.run_dir, self.tiny = out_dir, run_dir, tiny
+    def __init__(self, options: RunOptions, *, ema: float, pool: int, refresh: int, curriculum_steps: int,
+                 image_size: int | None, quick_eval_n: int):
+        self.options, self.refresh, self.quick_eval_n = options, refresh, quick_eval_n
+        self.out_dir, self.run_dir, self.tiny = Path(options.out_dir), Path(options.run_dir), options.tiny
         self.dev = dev = configs.device()
         (self.tok, self.vae, self.unet, self.te, self.opt, self.ema_u, self.ema_t, self.step,
-         source) = load_models(out_dir, run_dir, tiny, dev, lr, ema)
-        self.noise_sched = noise_schedule(out_dir)
+         source) = load_models(self.out_dir, self.run_dir, self.tiny, dev, options.lr, ema)
+        self.noise_sched = noise_schedule(self.out_dir)
         self.image_size = image_size or int(self.vae.config.sample_size)
-        self.prior_minutes = float(read_state(out_dir).get("unet", {}).get("minutes", 0.0))
-        if not quiet:
+        self.prior_minutes = float(read_state(self.out_dir).get("unet", {}).get("minutes", 0.0))
+        if not options.quiet:
             print(f"[unet] unet {configs.n_params(self.unet)/1e6:.2f}M + text {configs.n_params(self.te)/1e6:.2f}M "
                   f"params; resume from {source} at step {self.step}; device {dev}; "
                   f"threads {torch.get_num_threads()}; vae scaling_factor {self.vae.config.scaling_factor:.4f}",
                   flush=True)
-        self.rng = np.random.default_rng(seed if seed is not None else int(time.time()) + self.step)
+        self.rng = np.random.default_rng(options.seed if options.seed is not None else int(time.time()) + self.step)
         self.gen = torch.Generator(device=dev).manual_seed(int(self.rng.integers(2**31)))
         started = time.time()
         self.curriculum_steps = curriculum_steps
         self.curriculum = self.step < curriculum_steps
         self.pool = LatentPool(self.vae, pool, self.rng, self.image_size, max_objects=1 if self.curriculum else 3)
-        if not quiet:
+        if not options.quiet:
             print(f"[unet] pool of {pool} latents in {time.time()-started:.1f}s; latent std "
                   f"{self.pool.latents.std():.3f}", flush=True)
         self.routing = regional.install(self.unet)
@@ -298,7 +257,7 @@ class UNetRun:
         self.losses: list[float] = []
         self.train_seconds = 0.0
 
-    def train_step(self, batch_size: int, refresh: int, lr: float) -> None:
+    def train_step(self, lr: float) -> None:
         if self.curriculum and self.step >= self.curriculum_steps:
             self.curriculum = False
             self.pool.max_objects = 3
@@ -306,8 +265,8 @@ class UNetRun:
         for group in self.opt.param_groups:
             group["lr"] = lr
         started = time.time()
-        self.pool.refresh(refresh)
-        latents, captions, owners, cell_weights = self.pool.batch(batch_size)
+        self.pool.refresh(self.refresh)
+        latents, captions, owners, cell_weights = self.pool.batch(self.options.batch_size)
         self.routing.allowed = regional.batched_allowed(owners.to(self.dev), self.tok.model_max_length,
                                                         latents.shape[-1])
         loss = diffusion_loss(self.unet, self.te, self.tok, self.noise_sched, latents, captions, self.gen,
@@ -323,17 +282,26 @@ class UNetRun:
         self.steps_here += 1
         self.losses.append(loss.item())
 
-    def checkpoint(self, seconds: float, batch_size: int, quick_eval_n: int) -> dict:
+    def checkpoint(self, seconds: float, final: bool) -> dict:
         """Save the EMA weights (and raw state), run the quick held-out gates; returns the record with `steps`."""
         eu, et = save_checkpoint(self.unet, self.te, self.ema_u, self.ema_t, self.opt, self.step, self.out_dir,
                                  self.run_dir, {}, self.tiny)
-        info = dict(minutes=round(self.prior_minutes + seconds / 60, 2), hardware=hardware(), batch_size=batch_size,
+        info = dict(minutes=round(self.prior_minutes + seconds / 60, 2), hardware=hardware(),
+                    batch_size=self.options.batch_size,
                     last_loss=float(np.mean(self.losses[-200:])) if self.losses else None,
-                    heldout_quick=self.quick_gates(eu, et, quick_eval_n) if quick_eval_n else {},
+                    heldout_quick=self.quick_gates(eu, et, self.quick_eval_n) if self.quick_eval_n else {},
                     prediction_type=self.noise_sched.config.prediction_type,
                     sec_per_step=round(self.train_seconds / max(self.steps_here, 1), 3))
         update_state(self.out_dir, "unet", **info)
         return {**info, "steps": self.step}
+
+    def describe(self, record: dict, seconds: float) -> str:
+        return (f"[unet] checkpoint step {self.step} ({seconds/60:.1f} min) loss {record['last_loss']} "
+                f"held-out {record['heldout_quick']}")
+
+    def postfix(self) -> dict:
+        return {"loss": f"{np.mean(self.losses[-100:]):.4f}", "lr": f"{self.opt.param_groups[0]['lr']:.1e}",
+                "step": self.step}
 
     def quick_gates(self, unet, text_encoder, n: int) -> dict:
         """Held-out text-to-image on `n` captions; and (full models) masked edits through Session, as users make."""
