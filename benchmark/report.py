@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 
 from benchmark import analysis, metrics
 from benchmark.methods import COMPARISONS, runs_on
-from benchmark.runner import json_bytes, png_bytes, scene_paths, write_atomic
+from benchmark.runner import json_bytes, scene_paths
+from memory import png_bytes, write_atomic
 
 CLIP_SKIPPED = "CLIP score skipped: no --clip model given."
 SHEET_MIN_SIDE = 96  # contact-sheet tiles are upscaled (nearest) to at least this many pixels
@@ -110,14 +111,15 @@ def merge(out: str | Path) -> dict:
         "effects_by_index": analysis.effects_by_index(rows, COMPARISONS),
         "long_sessions": analysis.long_sessions(long_rows, long_background),
     }
-    write_atomic(out / "results.json", json_bytes(results))
+    write_atomic(out / "results.json", json_bytes(results), parents=True)
     shards = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("process-*.json"))]
-    write_atomic(out / "costs.json", json_bytes({"scenes": collected["costs"], "processes": shards}))
+    costs = {"scenes": collected["costs"], "processes": shards}
+    write_atomic(out / "costs.json", json_bytes(costs), parents=True)
     for scene, by_method in collected["records"].items():
-        write_atomic(out / "contact" / f"{scene}.png", png_bytes(contact_sheet(out, scene, by_method)))
+        write_atomic(out / "contact" / f"{scene}.png", png_bytes(contact_sheet(out, scene, by_method)), parents=True)
     figures = plot(rows, results, out / "plots") + plot_long(long_rows, results["long_sessions"], out / "plots")
     text = report(collected, rows, long_rows, results, summary, shards, figures)
-    write_atomic(out / "report.md", text.encode())
+    write_atomic(out / "report.md", text.encode(), parents=True)
     return results
 
 
