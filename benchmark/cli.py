@@ -1,5 +1,6 @@
 """The `bench` command: run a suite of sequential-edit plans for each method and write a report.
 
+    layered-edit bench --suite shapes --seeds 3 --long-sessions 3 --out benchmark/results/shapes   # the full run
     layered-edit bench --suite shapes --limit 10 --out bench-out
     python -m benchmark --suite multiedit --methods naive,full --model path/to/sd --clip path/to/clip
     layered-edit bench --suite multiedit --model PixArt-alpha/PixArt-XL-2-1024-MS --preset paper   # the paper's setting
@@ -21,8 +22,9 @@ from editor.settings import PRESETS
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--suite", default="shapes",
                         help=f"{', '.join(SUITES)} or a plan .json file (default: shapes). shapes: plans of 3-6 "
-                             "detector-checkable edits from seeds; shapes-long: one plan of 20 edits (latency "
-                             "vs layer index); multiedit: MultiEdit-Bench, 100 scenes")
+                             "detector-checkable edits from seeds; shapes-long: only long sessions (24 edits: "
+                             "drift, latency, memory and MQD cost vs the edit index); multiedit: MultiEdit-Bench, "
+                             "100 scenes")
     parser.add_argument("--methods", default="all",
                         help=f"comma list of {', '.join(METHODS)} (default: all; those the editor cannot run yet "
                              "are reported as unavailable)")
@@ -33,7 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated plans and sessions (default: 0)")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
                         help="base settings the methods build on: default, or paper (the official code's: "
-                             "DPM-Solver++ 20 steps, CFG 7.5, 20%% free steps, whole-box repaint)")
+                             "DPM-Solver++ 20 steps, CFG 7.5, 20%% free steps, whole-box repaint, binary BCG "
+                             "mask, erode-dilate routing)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="session seeds per scene (default: 1); every method runs every scene with each, so "
+                             "results pair up edit by edit and intervals resample whole scenes")
+    parser.add_argument("--long-sessions", type=int, default=0, metavar="N",
+                        help="also run N long sessions of 24 edits (methods naive, bcg, mqd, full) with the shapes "
+                             "suite (default: 0)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     parser.add_argument("--device", help="cpu or cuda (default: accelerate's device for this process)")
     parser.add_argument("--merge-only", action="store_true",
@@ -59,7 +68,7 @@ def run_bench(args) -> int:
 
     from benchmark import report
     from benchmark.methods import select
-    from benchmark.plans import suite_plans
+    from benchmark.plans import long_shapes_plans, suite_plans, with_seeds
     from benchmark.runner import RunConfig, run_benchmark
     from editor import EditSettings
 
@@ -68,16 +77,19 @@ def run_bench(args) -> int:
         return _finish(report.merge(out), out)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a positive number of scenes, got {args.limit}")
+    if args.seeds < 1 or args.long_sessions < 0:
+        raise ValueError(f"--seeds must be >= 1 and --long-sessions >= 0, got {args.seeds} and {args.long_sessions}")
     if args.clip and not Path(args.clip).is_dir():
         raise FileNotFoundError(f"--clip {args.clip}: not a folder holding a CLIP model")
     # cpu=True lets processes started by torchrun (e.g. `accelerate launch --multi_gpu`) on a machine
     # without CUDA join through gloo; accelerate's own `--cpu` launcher starts them only through mpirun.
     state = PartialState(cpu=(args.device or "").startswith("cpu") or not torch.cuda.is_available())
     defaults = EditSettings.preset(args.preset).updated(num_inference_steps=args.steps)
-    plans = suite_plans(args.suite, args.seed)[:args.limit]
+    plans = suite_plans(args.suite, args.seed)[:args.limit] + long_shapes_plans(args.seed, args.long_sessions)
+    plans = with_seeds(plans, args.seeds)
     methods = select(args.methods, defaults)
     config = RunConfig(model=args.model, suite=args.suite, steps=defaults.num_inference_steps, seed=args.seed,
-                       clip=args.clip, preset=args.preset)
+                       clip=args.clip, seeds=args.seeds, long_sessions=args.long_sessions, preset=args.preset)
     run_benchmark(plans, methods, config, out, device=args.device or state.device, state=state)
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -87,11 +99,12 @@ def run_bench(args) -> int:
 
 def _finish(results: dict, out: Path) -> int:
     """Print one line per method; exit status 1 when any (scene, method) pair failed."""
-    from benchmark.report import fmt
+    from benchmark.report import fmt, fmt_ci
 
     for method, values in results["summary"].items():
-        print(f"{method:10s} {values['edits']:4d} edits  background PSNR median "
-              f"{fmt(values['background_psnr_median'], 'dB')} dB  edit success {fmt(values['success_shape'], '%')}")
+        print(f"{method:18s} {values['edits']:4d} edits  background PSNR median "
+              f"{fmt(values['background_psnr_median'], 'dB')} dB  edit success {fmt_ci(values['success'], '%')}  "
+              f"earlier kept {fmt_ci(values['earlier_kept'], '%')}")
     for failure in results["failed"]:
         print(f"FAILED {failure['scene']}/{failure['method']}: {failure['error']}", file=sys.stderr)
     print(f"wrote {out / 'report.md'} (and results.json, costs.json, contact/, plots/)")

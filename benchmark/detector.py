@@ -106,6 +106,7 @@ class _Window:
     nearest: np.ndarray  # int (h, w): index of the nearest named colour
     core: np.ndarray  # bool (h, w): within CORE_DISTANCE of the nearest named colour
     min_pixels: int
+    origin: tuple[int, int]  # (y0, x0) of the window in the image
     background: np.ndarray | None = None  # float32 (h, w, 3), NaN where unknown; computed on first need
 
 
@@ -148,7 +149,7 @@ def _window(image: np.ndarray, region: Region) -> _Window | None:
     core = np.take_along_axis(dist2, nearest[..., None], axis=2)[..., 0] < CORE_DISTANCE**2
     scale = min(height, width) / sw.REFERENCE_SIZE
     min_pixels = max(4, round(MIN_OBJECT_PIXELS_64 * scale * scale))
-    return _Window(pixels, full[y0:y1, x0:x1], dist2, nearest, core, min_pixels)
+    return _Window(pixels, full[y0:y1, x0:x1], dist2, nearest, core, min_pixels, (int(y0), int(x0)))
 
 
 @lru_cache(maxsize=256)
@@ -287,6 +288,25 @@ def detect(image: np.ndarray | Image.Image, region: Region, colour: str, shape: 
     best_shape, iou = _fit_shape(found[0])
     shape_found = None if shape is None else (best_shape == shape and iou >= SHAPE_IOU_MIN)
     return Detection(True, shape_found, best_shape, float(iou), int(np.count_nonzero(found[0])))
+
+
+def object_mask(image: np.ndarray | Image.Image, region: Region, colour: str) -> np.ndarray:
+    """Bool (H, W) mask of the object `detect` judges: the largest object of `colour` inside `region`, as the
+    pixels of its grown extent (module docstring, steps 1-3). All False when no such object is found.
+
+    The metrics use it to tell the new object from the background around it inside a rough edit mask.
+    """
+    if colour not in sw.COLOURS:
+        raise ValueError(f"unknown colour {colour!r}; known: {_NAMES}")
+    pixels = _as_array(image)
+    mask = np.zeros(pixels.shape[:2], dtype=bool)
+    win = _window(pixels, region)
+    found = [] if win is None else _components(win, colour)
+    if found:
+        y0, x0 = win.origin
+        height, width = found[0].shape
+        mask[y0:y0 + height, x0:x0 + width] = found[0]
+    return mask
 
 
 def classify(image: np.ndarray | Image.Image, region: Region) -> list[tuple[str, str, float]]:

@@ -14,16 +14,41 @@ from editor import EditSettings
 # Only the settings that define a method; everything else is the session default (or --steps).
 # naive: the blended-latent baseline: re-noise the previous image every step, plain cross-attention
 #        (MQD reads the memory's earlier prompts, so a no-memory baseline must not use it).
-# bcg / qd / mqd: the paper's ablation ladder, all with its latent-space preservation.
-# full: MQD + our pixel-exact preservation; distilled: full with the one-pass distilled guidance.
+# bcg / qd-* / mqd: the paper's ablation ladder, all with its latent-space preservation;
+#        qd-background: outside the edit hears the background prompt (what "qd" meant here before);
+#        qd-previous: outside the edit hears the previous layer's prompt (the reference code's QD).
+# full: the session defaults (MQD + our pixel-exact preservation; tight masks once `mask_fit` exists).
+# full-*: one setting of full changed: whole-mask repaint, the reference code's binary BCG latent mask,
+#        its erode-current/dilate-earlier token routing. distilled: full with the one-pass guidance.
 METHODS: dict[str, dict] = {
     "naive": {"background": "renoise", "attention": "bcg", "preserve": "latents"},
     "bcg": {"background": "memory", "attention": "bcg", "preserve": "latents"},
-    "qd": {"background": "memory", "attention": "qd", "preserve": "latents"},
+    "qd-background": {"background": "memory", "attention": "qd-background", "preserve": "latents"},
+    "qd-previous": {"background": "memory", "attention": "qd-previous", "preserve": "latents"},
     "mqd": {"background": "memory", "attention": "mqd", "preserve": "latents"},
-    "full": {"background": "memory", "attention": "mqd", "preserve": "pixels"},
-    "distilled": {"background": "memory", "attention": "mqd", "preserve": "pixels", "guidance": "distilled"},
+    "full": {},
+    "full-whole": {"mask_fit": "whole"},
+    "full-bcg-binary": {"bcg_mask": "binary"},
+    "full-erode-dilate": {"routing": "erode-dilate"},
+    "distilled": {"guidance": "distilled"},
 }
+# The paired comparisons the report tests (method, the method it changes one thing of). The defaults are
+# chosen from the full-* rows: a default changes only where its ablation wins these paired tests.
+COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("bcg", "naive"),  # memory vs re-noising the previous image
+    ("qd-background", "bcg"), ("qd-previous", "bcg"),  # two-way routing vs none
+    ("mqd", "qd-background"), ("mqd", "qd-previous"),  # every layer its own prompt vs two-way
+    ("full", "mqd"),  # pixel-exact preservation (and the other session defaults) vs latents
+    ("full-whole", "full"), ("full-bcg-binary", "full"), ("full-erode-dilate", "full"),  # default choices
+    ("distilled", "full"),  # one-pass guidance vs CFG
+)
+# Long sessions (24 edits) run these: the no-memory baseline, memory with plain attention, MQD, the defaults.
+LONG_METHODS = ("naive", "bcg", "mqd", "full")
+
+
+def runs_on(plan_meta: dict, method: str) -> bool:
+    """Whether a plan (by its meta) is run with `method`: every method, but LONG_METHODS only on long sessions."""
+    return plan_meta.get("part") != "long" or method in LONG_METHODS
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,15 @@
 """What MQD costs: per-edit time with fused MQD, plain cross-attention, and the per-region-loop reference.
 
     python -m benchmark.mqd_speed [--model embedded|FOLDER] [--repeats 15] [--steps 20]
+    python -m benchmark.mqd_speed --layers 24      # edit 24 / edit 1 as layers pile up
 
-All three are measured in one run, interleaved (each round times every variant once, in rotating
-order) on the same session with 3 earlier object layers, so machine noise hits them alike. Prints
-medians and the ratios to plain cross-attention (goal: fused MQD overhead <= 5%).
+All variants are measured in one run, interleaved (each round times every variant once, in rotating
+order), so machine noise hits them alike. Default: one session with 3 earlier object layers; prints
+medians and the ratios to plain cross-attention (goal: fused MQD overhead <= 5%). With --layers N:
+the first long-session plan's edits build a session of N - 1 edits, and edit N is timed against
+edit 1 (an edit on the bare background) for plain attention, fused MQD (queries bucketed by region),
+and MQD as one masked attention over every region's tokens (what it did before); goal: MQD edit N /
+edit 1 <= 1.1.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import time
 
 import torch
 
+import torch.nn.functional as F
+
+from benchmark.plans import long_shapes_plans, pixel_box
 from editor import Session
 from pipelines.attention import RegionalAttnProcessor, RegionLoopAttnProcessor
 
@@ -28,9 +36,59 @@ VARIANTS = {  # name -> (attention setting, processor class)
 }
 
 
-def pixel_box(box, size):
-    width, height = size
-    return (round(box[0] * width), round(box[1] * height), round(box[2] * width), round(box[3] * height))
+class MaskedAllRegions(RegionalAttnProcessor):
+    """MQD as one attention over every region's tokens with a region mask (before queries were bucketed)."""
+
+    def attend(self, query, key, value):
+        allowed = self.maps.allowed(query.shape[2], query.device)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed)
+
+
+DEPTH_VARIANTS = {  # name -> (attention setting, processor class)
+    "plain cross-attention": ("bcg", RegionalAttnProcessor),
+    "MQD fused (ours)": ("mqd", RegionalAttnProcessor),
+    "MQD, one masked call (before)": ("mqd", MaskedAllRegions),
+}
+
+
+def depth_study(model: str, device, steps: int, layers: int, repeats: int) -> None:
+    """Edit `layers` vs edit 1 of the first long-session plan, interleaved, per variant."""
+    plan = long_shapes_plans(0, 1, n_edits=layers)[0]
+    shallow = Session.from_pretrained(model, device=device, num_inference_steps=steps)
+    shallow.pipeline.set_progress_bar_config(disable=True)
+    deep = Session(shallow.pipeline, model=model, defaults=shallow.defaults)
+    for session in (shallow, deep):
+        session.generate(plan.background, seed=plan.seed)
+    for edit in plan.edits[:-1]:
+        deep.edit(edit.prompt, pixel_box(edit.box, deep.size))
+    first, last = plan.edits[0], plan.edits[-1]
+    timed = {"edit 1": (shallow, first), f"edit {layers}": (deep, last)}
+
+    def run(name, variant):
+        session, edit = timed[name]
+        attention, processor = DEPTH_VARIANTS[variant]
+        session.pipeline.region_processor = processor
+        started = time.perf_counter()
+        session.edit(edit.prompt, pixel_box(edit.box, session.size), attention=attention)
+        elapsed = time.perf_counter() - started
+        session.undo()
+        return elapsed
+
+    cases = [(name, variant) for variant in DEPTH_VARIANTS for name in timed]
+    for case in cases:  # warm-up
+        run(*case)
+    times = {case: [] for case in cases}
+    for round_index in range(repeats):
+        shift = round_index % len(cases)
+        for case in cases[shift:] + cases[:shift]:
+            times[case].append(run(*case))
+    shallow.pipeline.region_processor = RegionalAttnProcessor
+    print(f"model {model}, {steps} steps, image {deep.size[0]}x{deep.size[1]}, {layers} layers, {repeats} rounds, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'variant':<34}{'edit 1 s':>10}{f'edit {layers} s':>11}{'ratio':>8}")
+    for variant in DEPTH_VARIANTS:
+        one, many = (statistics.median(times[(name, variant)]) for name in timed)
+        print(f"{variant:<34}{one:>10.4f}{many:>11.4f}{many / one:>8.3f}")
 
 
 def time_edit(session: Session, attention: str, processor) -> float:
@@ -48,7 +106,13 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device")
+    parser.add_argument("--layers", type=int, help="time edit LAYERS against edit 1 (e.g. 24) instead")
     args = parser.parse_args(argv)
+    if args.layers is not None:
+        if args.layers < 2:
+            raise SystemExit("--layers must be at least 2")
+        depth_study(args.model, args.device, args.steps, args.layers, args.repeats)
+        return
 
     session = Session.from_pretrained(args.model, device=args.device, num_inference_steps=args.steps)
     session.pipeline.set_progress_bar_config(disable=True)

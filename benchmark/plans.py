@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +25,25 @@ MULTIEDIT_PATH = DATA_DIR / "multi_edit_bench_original_100.json"
 
 SHAPES_SCENES = 50  # plans in the shapes suite (--limit takes a prefix; plan i depends only on (seed, i))
 SHAPES_EDITS = (3, 6)  # inclusive range of edits per shapes plan
-LONG_PLAN_EDITS = 20  # the shapes-long suite: one plan, to measure latency against the layer index
+# Long sessions: plans of 24 edits, for drift, latency, memory and MQD cost against the edit index.
+# Their boxes are smaller (1/36-1/16 of the image) so 24 of them can keep every earlier one half visible.
+LONG_PLAN_EDITS = 24
+LONG_BOX_FRAC = (1 / 36, 1 / 16)
+LONG_SCENE_INDEX = 10_000  # long plan k is shapes plan (seed, LONG_SCENE_INDEX + k): disjoint from the suite's
 # The grid shapes-world boxes are drawn on before normalising; fine enough that rounding to any
 # model's size loses nothing of the box's area fraction.
 PLAN_GRID = 256
 # A new box may hide at most half of any earlier box, so every earlier object stays checkable.
 MIN_VISIBLE_FRACTION = 0.5
-BOX_TRIES = 100
+BOX_TRIES = 100  # tries per box before the plan's boxes are drawn again from the first
+PLAN_TRIES = 1000  # whole-plan redraws before a plan's rules are declared impossible
+# Boxes closer than this (normalised; 2 px at 256) count as touching: their objects get different colours.
+TOUCH_MARGIN = 2 / PLAN_GRID
 # Rounding slack when scaling normalised boxes: 0.5 * 64 must give 32, not 31.999 -> 31.
 ROUNDING_SLACK = 1e-6
 
 SUITES = ("shapes", "shapes-long", "multiedit")
+LONG_SUITE_PLANS = 3  # plans of `--suite shapes-long` (and the default --long-sessions of the documented big run)
 
 
 @dataclass(frozen=True)
@@ -121,45 +129,74 @@ def _disjoint_enough(candidate: np.ndarray, earlier: list[np.ndarray]) -> bool:
     return True
 
 
-def _boxes(rng: np.random.Generator, count: int) -> list[tuple[float, float, float, float]]:
-    """`count` edit boxes (each >= 1/9 of the image, shapes_world.random_box), normalised.
+def _boxes(rng: np.random.Generator, count: int,
+           fractions: tuple[float, float] = (sw.EDIT_BOX_MIN_FRAC, sw.EDIT_BOX_MAX_FRAC)
+           ) -> list[tuple[float, float, float, float]]:
+    """`count` edit boxes (each covering `fractions` of the image, shapes_world.random_box), normalised.
 
-    A box that would hide more than half of an earlier one is redrawn (up to BOX_TRIES times; a long
-    plan may then keep a more hidden box), so each earlier object stays checkable by the detector.
+    No box may hide more than half of an earlier one, so each earlier object stays checkable by the
+    detector. A box that would is redrawn (BOX_TRIES times); when that fails, the plan's boxes are all
+    drawn again (PLAN_TRIES times): a plan never keeps a box that breaks its rule.
     """
+    for _ in range(PLAN_TRIES):
+        boxes = _try_boxes(rng, count, fractions)
+        if boxes is not None:
+            return boxes
+    raise ValueError(f"could not place {count} boxes of {fractions} of the image that each keep earlier boxes "
+                     f"{MIN_VISIBLE_FRACTION:.0%} visible in {PLAN_TRIES} tries; use fewer or smaller boxes")
+
+
+def _try_boxes(rng: np.random.Generator, count: int, fractions: tuple[float, float]):
     grid: list[np.ndarray] = []
     boxes = []
     for _ in range(count):
         for _ in range(BOX_TRIES):
-            box = sw.random_box(rng, PLAN_GRID)
+            box = sw.random_box(rng, PLAN_GRID, *fractions)
             mask = np.zeros((PLAN_GRID, PLAN_GRID), dtype=bool)
             mask[box[1]:box[3], box[0]:box[2]] = True
             if _disjoint_enough(mask, grid):
                 break
+        else:
+            return None
         grid.append(mask)
         boxes.append(tuple(v / PLAN_GRID for v in box))
     return boxes
 
 
-def _objects(rng: np.random.Generator, background: str, count: int) -> list[tuple[str, str, bool]]:
-    """`count` distinct (colour, shape, held_out) objects, held-out triples first (honest: never trained on)."""
+def _touch(a, b, margin: float = TOUCH_MARGIN) -> bool:
+    """Whether two normalised boxes overlap or come within `margin` of each other."""
+    return a[0] < b[2] + margin and b[0] < a[2] + margin and a[1] < b[3] + margin and b[1] < a[3] + margin
+
+
+def _objects(rng: np.random.Generator, background: str, boxes: list) -> list[tuple[str, str, bool]]:
+    """One distinct (colour, shape, held_out) object per box, held-out triples first (honest: never trained on).
+
+    An object's colour differs from that of every earlier object whose box touches its box: two objects of
+    one colour side by side would merge into one blob for the detector, which could then judge neither.
+    """
     pairs = [(c, s) for c in sw.COLOURS for s in sw.SHAPES]
     held = [p for p in pairs if sw.is_held_out(*p, background)]
     seen = [p for p in pairs if not sw.is_held_out(*p, background)]
     rng.shuffle(held)
     rng.shuffle(seen)
-    chosen = [(c, s, True) for c, s in held[:count]]
-    return chosen + [(c, s, False) for c, s in seen[:count - len(chosen)]]
+    order = [(c, s, True) for c, s in held] + [(c, s, False) for c, s in seen]
+    chosen: list[tuple[str, str, bool]] = []
+    for i, box in enumerate(boxes):
+        nearby = {chosen[j][0] for j in range(i) if _touch(boxes[j], box)}
+        used = {(c, s) for c, s, _ in chosen}
+        chosen.append(next(o for o in order if o[0] not in nearby and o[:2] not in used))
+    return chosen
 
 
-def shapes_plan(seed: int, index: int, n_edits: int | None = None, name: str | None = None) -> Plan:
+def shapes_plan(seed: int, index: int, n_edits: int | None = None, name: str | None = None,
+                box_fractions: tuple[float, float] = (sw.EDIT_BOX_MIN_FRAC, sw.EDIT_BOX_MAX_FRAC)) -> Plan:
     """Plan `index` of the shapes suite: deterministic in (seed, index), independent of other plans."""
     rng = np.random.default_rng([seed, index])
     background = sw.BACKGROUNDS[int(rng.integers(len(sw.BACKGROUNDS)))]
     n_edits = n_edits or int(rng.integers(SHAPES_EDITS[0], SHAPES_EDITS[1] + 1))
-    objects = _objects(rng, background, n_edits)
+    boxes = _boxes(rng, n_edits, box_fractions)
     edits = tuple(Edit(prompt=sw.object_prompt(colour, shape), box=box, colour=colour, shape=shape, held_out=held)
-                  for (colour, shape, held), box in zip(objects, _boxes(rng, n_edits)))
+                  for (colour, shape, held), box in zip(_objects(rng, background, boxes), boxes))
     return Plan(name=name or f"shapes-{index:03d}", background=sw.caption(background, []), edits=edits,
                 seed=int(rng.integers(2**31)), meta={"background_name": background})
 
@@ -168,9 +205,23 @@ def shapes_plans(seed: int, count: int = SHAPES_SCENES) -> list[Plan]:
     return [shapes_plan(seed, index) for index in range(count)]
 
 
-def long_shapes_plan(seed: int, n_edits: int = LONG_PLAN_EDITS) -> Plan:
-    """One plan of `n_edits` edits: does edit 20 cost more than edit 1? (memory grows with every layer)."""
-    return shapes_plan(seed, 10_000, n_edits=n_edits, name=f"shapes-long-{n_edits}")
+def long_shapes_plans(seed: int, count: int, n_edits: int = LONG_PLAN_EDITS) -> list[Plan]:
+    """`count` long-session plans of `n_edits` smaller edits each, marked meta["part"] = "long": does edit 24
+    drift, cost or hold more than edit 1? (memory grows with every layer)."""
+    plans = [shapes_plan(seed, LONG_SCENE_INDEX + k, n_edits=n_edits, name=f"long-{k:03d}",
+                         box_fractions=LONG_BOX_FRAC) for k in range(count)]
+    return [replace(plan, meta={**plan.meta, "part": "long"}) for plan in plans]
+
+
+def with_seeds(plans: list[Plan], seeds: int) -> list[Plan]:
+    """Each plan once per session seed: `seeds` copies named <plan>-s<k>, k = 0..seeds-1, with the same
+    prompts and boxes and a session seed drawn from (the plan's seed, k). meta["scene"] names the plan
+    they share: the unit the statistics resample, since one scene's seeds are not independent."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be a positive number of session seeds per scene, got {seeds}")
+    return [replace(plan, name=f"{plan.name}-s{k}", seed=int(np.random.default_rng([plan.seed, k]).integers(2**31)),
+                    meta={**plan.meta, "scene": plan.name, "seed_index": k})
+            for plan in plans for k in range(seeds)]
 
 
 # ----------------------------------------------------------------------------------------- MultiEdit-Bench
@@ -241,7 +292,7 @@ def suite_plans(suite: str, seed: int) -> list[Plan]:
     if suite == "shapes":
         return shapes_plans(seed)
     if suite == "shapes-long":
-        return [long_shapes_plan(seed)]
+        return long_shapes_plans(seed, LONG_SUITE_PLANS)
     if suite == "multiedit":
         return multiedit_plans(seed)
     if suite.endswith(".json") or Path(suite).is_file():

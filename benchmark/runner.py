@@ -8,8 +8,11 @@ process writes its own scene files atomically, and finished (scene, method) pair
 rerun, so an interrupted benchmark resumes where it stopped. The main process merges
 the scene files into results.json, costs.json, the report and the figures (benchmark.report).
 
+Every method edits the same plans with the same session seeds (`plans.with_seeds`), so any two
+methods' results pair up edit by edit. Long-session plans (meta part "long") run LONG_METHODS only.
+
 Layout of --out:
-    run.json                     what was asked: config (model, suite, steps, seed, clip), plans, methods
+    run.json                     what was asked: config (model, suite, steps, seed, seeds, ...), plans, methods
     scenes/<scene>/<method>.json deterministic results + this pair's costs
     scenes/<scene>/<method>.png  the background and the image after each edit, side by side
     shards/process-<k>.json      per-process costs (peak memory, pairs run)
@@ -17,11 +20,8 @@ Layout of --out:
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from PIL import Image
 from tqdm.auto import tqdm
 
 from benchmark import metrics
-from benchmark.methods import Method, check_model
+from benchmark.methods import Method, check_model, runs_on
 from benchmark.plans import Plan, fit_prompt, pixel_box
 from editor import EditSettings, Session
+from memory import png_bytes, write_atomic
 
 PSNR_DECIMALS = 4
 
@@ -49,6 +49,8 @@ class RunConfig:
     steps: int
     seed: int
     clip: str | None
+    seeds: int = 1  # session seeds per scene
+    long_sessions: int = 0  # 24-edit plans run next to the suite
     preset: str = "default"  # editor.settings.PRESETS: the settings the methods build on
 
     def to_dict(self) -> dict:
@@ -56,19 +58,6 @@ class RunConfig:
 
 
 # ----------------------------------------------------------------------------------------- files
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a reader (or a resumed run) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def json_bytes(value) -> bytes:
     """Canonical JSON: sorted keys, PSNR rounded, infinity written as the string "inf" (strict JSON)."""
     return (json.dumps(_json_safe(value), indent=1, sort_keys=True) + "\n").encode()
@@ -140,18 +129,20 @@ def run_plan(session: Session, plan: Plan, clip: metrics.ClipCropScore | None = 
     prior = metrics.prior_layer_preservation(steps, masks)
     judged = all(edit.colour and edit.shape for edit in plan.edits)
     detected = metrics.edit_success(steps, masks, [(e.colour, e.shape) for e in plan.edits]) if judged else None
+    seen = metrics.what_users_see(background, steps, masks, [e.colour for e in plan.edits])
     edits = []
     for i, (edit, layer) in enumerate(zip(plan.edits, layers[1:])):
         edits.append({
             "index": i + 1, "prompt": prompts[i][0], "prompt_truncated": prompts[i][1], "box": list(boxes[i]),
             "seed": layer.seed, "held_out": edit.held_out, "bcg_source": layer.info.get("bcg"),
             "unet_evals": layer.info.get("unet_evals"), "memory_bytes": layer.nbytes,
-            "background": kept[i], "prior_layers": prior[i],
+            "background": kept[i], "prior_layers": prior[i], **seen[i],
             "detection": None if detected is None else detected[i],
             "clip_crop": None if clip is None else clip(steps[i], masks[i], edit.clip_text or prompts[i][0]),
         })
     results = {
-        "status": "ok", "size": list(session.size),
+        "status": "ok", "size": list(session.size), "group": plan.meta.get("scene", plan.name),
+        "part": plan.meta.get("part", "main"),
         "background": {"prompt": background_prompt, "prompt_truncated": background_cut, "seed": layers[0].seed,
                        "unet_evals": layers[0].info.get("unet_evals"), "memory_bytes": layers[0].nbytes},
         "edits": edits,
@@ -173,20 +164,19 @@ def run_pair(pipeline, model: str, plan: Plan, method: Method, clip, out: Path) 
     except Exception as error:  # a failed pair is reported (and retried on a rerun), not fatal to the run
         record = {"status": "failed", "error": f"{type(error).__name__}: {error}", "scene": plan.name,
                   "method": method.name}
-        write_atomic(result_path, json_bytes(record))
+        write_atomic(result_path, json_bytes(record), parents=True)
         return record
     costs["peak_rss_bytes"] = metrics.peak_rss_bytes()  # the process's high-water mark so far
     costs["cuda_peak_bytes"] = torch.cuda.max_memory_allocated() if on_cuda else None
-    write_atomic(strip_path, png_bytes(strip))  # the image first: the JSON marks the pair finished
+    write_atomic(strip_path, png_bytes(strip), parents=True)  # the image first: the JSON marks the pair finished
     record = {"scene": plan.name, "method": method.name, **results, "costs": costs}
-    write_atomic(result_path, json_bytes(record))
+    write_atomic(result_path, json_bytes(record), parents=True)
     return record
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
+def methods_for(plan: Plan, methods: list[Method]) -> list[Method]:
+    """The methods a plan runs: all of them, or LONG_METHODS for a long session (24 edits cost a lot)."""
+    return [m for m in methods if runs_on(plan.meta, m.name)]
 
 
 def run_benchmark(plans: list[Plan], methods: list[Method], config: RunConfig, out: Path, *, device=None,
@@ -211,7 +201,7 @@ def run_benchmark(plans: list[Plan], methods: list[Method], config: RunConfig, o
         run = {"config": config.to_dict(), "plans": [plan.to_dict() for plan in plans],
                "methods": [{"name": m.name, "bundle": m.bundle, "settings": m.settings, "reason": m.reason}
                            for m in methods]}
-        write_atomic(out / "run.json", json_bytes(run))
+        write_atomic(out / "run.json", json_bytes(run), parents=True)
         for stale in (out / "shards").glob("process-*.json"):  # from an earlier run, maybe with more processes
             stale.unlink()
     state.wait_for_everyone()
@@ -219,7 +209,8 @@ def run_benchmark(plans: list[Plan], methods: list[Method], config: RunConfig, o
     # 3. This process's scenes
     available = [m for m in methods if m.available]
     with state.split_between_processes(plans) as mine:
-        todo = [(plan, m) for plan in mine for m in available if not is_finished(out, plan.name, m.name)]
+        todo = [(plan, m) for plan in mine for m in methods_for(plan, available)
+                if not is_finished(out, plan.name, m.name)]
     failures, ran, started = [], 0, time.perf_counter()
     clip = metrics.ClipCropScore(config.clip, device=str(pipeline.device)) if config.clip and todo else None
     rank = state.process_index
@@ -232,5 +223,5 @@ def run_benchmark(plans: list[Plan], methods: list[Method], config: RunConfig, o
     # 4. This process's shard of run-level costs
     shard = {"process": state.process_index, "processes": state.num_processes, "pairs_run": ran,
              "seconds": time.perf_counter() - started, "peak_rss_bytes": metrics.peak_rss_bytes()}
-    write_atomic(out / "shards" / f"process-{state.process_index}.json", json_bytes(shard))
+    write_atomic(out / "shards" / f"process-{state.process_index}.json", json_bytes(shard), parents=True)
     return failures

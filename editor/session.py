@@ -26,6 +26,23 @@ from .restack import check_layers_above, restack, visible_under
 from .settings import EditSettings
 
 MAX_SEED = 2**63 - 1
+# An edit "drew nothing" when fewer than this share of its region (and at least a few pixels) changed clearly.
+NOTHING_DRAWN_SHARE = 0.005
+CLEAR_CHANGE_LEVELS = 8  # a pixel changed clearly when a channel moved by more than this many levels (0-255)
+
+
+class NothingDrawnWarning(UserWarning):
+    """An edit left its region essentially unchanged (the layer is still committed, so undo removes it)."""
+
+
+def changed_pixels(before: np.ndarray, after: np.ndarray, region: np.ndarray) -> int:
+    """How many pixels of `region` changed clearly between two uint8 images."""
+    change = np.abs(after.astype(np.int16) - before.astype(np.int16)).max(axis=2)
+    return int(np.count_nonzero((change > CLEAR_CHANGE_LEVELS) & region))
+
+
+def nothing_drawn_limit(region_pixels: int) -> int:
+    return max(4, int(NOTHING_DRAWN_SHARE * region_pixels))
 
 
 class Session:
@@ -156,6 +173,7 @@ class Session:
         own_seed = None if seed is None else _check_seed(seed)
         record = self._paint_edit(prompt, binary, config, own_seed, self.layers, callback_on_step_end)
         self._memory.push(record)
+        _warn_if_nothing_drawn(record)
         return self.image
 
     # ------------------------------------------------------------------ changing earlier layers
@@ -182,6 +200,7 @@ class Session:
             record = self._paint_edit(old.prompt if prompt is None else prompt, binary, config, own_seed, below,
                                       callback_on_step_end)
             record = record if old.visible else record.replace(visible=False)
+            _warn_if_nothing_drawn(record)
         self._memory.commit(self._replay(below + (record,), self.layers[index:], layers_above), f"replace layer {index}")
         return self.image
 
@@ -299,6 +318,7 @@ class Session:
         out, seconds = self._run(prompt, config, seed=seed, height=height, width=width, edit=edit,
                                  callback_on_step_end=callback)
         out.info["shares_session_seed"] = own_seed is None
+        out.info["changed_pixels"] = changed_pixels(edit.previous_image, out.image, region)
         return self._record(prompt, config, seed, out, seconds, kind="edit", user_mask=binary, region=region,
                             soft=out.mask)
 
@@ -337,7 +357,8 @@ class Session:
             prompt, config.negative_prompt, num_inference_steps=config.num_inference_steps,
             guidance_scale=config.guidance_scale, scheduler=config.scheduler, seed=seed, height=height, width=width,
             edit=edit, free_steps_ratio=config.free_steps_ratio, preserve=config.preserve,
-            attention=config.attention, guidance=config.guidance, callback_on_step_end=callback_on_step_end)
+            attention=config.attention, guidance=config.guidance, callback_on_step_end=callback_on_step_end,
+            bcg_mask=config.bcg_mask, region_routing=config.routing)
         return out, time.perf_counter() - started
 
     def _record(self, prompt: str, config: EditSettings, seed: int, out: LayeredPipelineOutput, seconds: float, *,
@@ -372,6 +393,15 @@ class Session:
                 raise ProjectError(
                     f"{path}: layer {index} holds latents of shape {tuple(layer.trajectory[0].shape[-3:])} but this "
                     f"model makes {expected}; open the project with the model it was made with ({self.model!r})")
+
+
+def _warn_if_nothing_drawn(record: LayerRecord) -> None:
+    changed, region = record.info["changed_pixels"], record.info["region_pixels"]
+    if changed < nothing_drawn_limit(region):
+        warnings.warn(NothingDrawnWarning(
+            f"nothing was drawn for {record.prompt!r}: the edit left its region essentially unchanged ({changed} of "
+            f"{region} pixels changed clearly); try a larger mask, another seed or a more specific prompt (undo "
+            "removes the layer)"), stacklevel=3)
 
 
 def _own_seed(record: LayerRecord) -> int | None:

@@ -6,9 +6,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from pipelines.attention import ATTENTION_MODES
+from pipelines.attention import ATTENTION_ALIASES, ATTENTION_MODES, ROUTING_MODES
 from pipelines.guidance import GUIDANCE_MODES, NEGATIVE_PROMPT_ERROR
-from pipelines.pipeline_layered import BACKGROUND_SOURCES, PRESERVE_MODES
+from pipelines.masks import BCG_MASKS
+from pipelines.call_inputs import BACKGROUND_SOURCES, PRESERVE_MODES
 from pipelines.schedulers import SCHEDULERS
 from pipelines.tight import MASK_FITS
 
@@ -30,8 +31,10 @@ class EditSettings:
     free_steps_ratio: float = 0.1
     # "memory": Background Consistency Guidance; "renoise": the no-memory blended-latent baseline.
     background: str = "memory"
-    # Cross-attention routing: "mqd" each region hears its own layer's prompt; "qd" only the current
-    # edit vs the background prompt; "bcg" plain cross-attention to the current prompt.
+    # Cross-attention routing: "mqd" each region hears its own layer's prompt; "qd-background" the
+    # edit vs the background prompt elsewhere; "qd-previous" the edit vs the prompt of the layer just
+    # below elsewhere (the reference code's QD); "bcg" plain cross-attention to the current prompt.
+    # Projects saved with "qd" load as "qd-background" (what "qd" meant).
     attention: str = "mqd"
     # "pixels": previous pixels kept bit-identical outside the soft mask; "latents": paper behaviour.
     preserve: str = "pixels"
@@ -43,6 +46,13 @@ class EditSettings:
     # "cfg": classifier-free guidance, two UNet rows per step; "distilled": one row with the model's
     # guidance adapter (pipeline.has_guidance_adapter), no negative prompt.
     guidance: str = "cfg"
+    # BCG's latent mask: "fractional" area-averages the region to the latent grid (cells on the edge
+    # keep part of the remembered latent); "binary" resizes it nearest-neighbour (the reference code).
+    bcg_mask: str = "fractional"
+    # How MQD's regions map onto each attention grid: "majority" (a cell goes to the region covering
+    # most of it) or "erode-dilate" (the reference code: the edit keeps only cells it fills, earlier
+    # layers take every cell they touch).
+    routing: str = "majority"
 
     def __post_init__(self):
         _check_int("num_inference_steps", self.num_inference_steps, 1, MAX_STEPS)
@@ -54,6 +64,7 @@ class EditSettings:
         _check_number("free_steps_ratio", self.free_steps_ratio, 0.0, 1.0)
         if self.background not in BACKGROUND_SOURCES:
             raise ValueError(f"background must be one of {BACKGROUND_SOURCES}, got {self.background!r}")
+        object.__setattr__(self, "attention", ATTENTION_ALIASES.get(self.attention, self.attention))
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.preserve not in PRESERVE_MODES:
@@ -66,6 +77,10 @@ class EditSettings:
             raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {self.guidance!r}")
         if self.guidance == "distilled" and self.negative_prompt:
             raise ValueError(NEGATIVE_PROMPT_ERROR)
+        if self.bcg_mask not in BCG_MASKS:
+            raise ValueError(f"bcg_mask must be one of {tuple(BCG_MASKS)}, got {self.bcg_mask!r}")
+        if self.routing not in ROUTING_MODES:
+            raise ValueError(f"routing must be one of {ROUTING_MODES}, got {self.routing!r}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -102,10 +117,12 @@ PRESETS: dict[str, dict] = {
     "default": {},
     # The official code of the layer-wise memory paper (carpedkm/improving-editability, on PixArt-α 1024 px):
     # DPM-Solver++ 20 steps, CFG 7.5, empty negative prompt; BCG frees the last 20% of the steps (its evaluation
-    # setting; its demo uses 5%); the binarised box is the edit region, unfeathered, repainted whole.
+    # setting; its demo uses 5%); the binarised box is the edit region, unfeathered, repainted whole; BCG's latent
+    # mask is nearest-resized and MQD's regions reach the attention grids by erode-current/dilate-earlier.
     # Pixel preservation stays a method setting (the benchmark's "mqd" method is the paper's latent-space one).
     "paper": {"scheduler": "dpm++", "num_inference_steps": 20, "guidance_scale": 7.5, "negative_prompt": "",
-              "free_steps_ratio": 0.2, "mask_fit": "whole", "mask_dilation": 0, "mask_feather": 0},
+              "free_steps_ratio": 0.2, "mask_fit": "whole", "mask_dilation": 0, "mask_feather": 0,
+              "bcg_mask": "binary", "routing": "erode-dilate"},
 }
 
 

@@ -3,11 +3,15 @@
 Regions are built back to front: the background prompt owns every pixel, then each visible earlier
 layer takes its mask, then the current edit takes its mask, so later layers occlude earlier ones.
 The UNet receives all region prompts concatenated along the token axis; in every cross-attention
-layer ONE scaled-dot-product attention call runs with a boolean mask that lets a query see only
-its region's tokens (the reference code loops one attention call per region instead). Region
-maps are computed once per attention resolution per edit. Self-attention is left alone, so a new
-object still sees its surroundings. A text mask the denoiser passes (T5 families: padding tokens, as
-diffusers' additive bias) is kept inside the region mask, so padding never receives weight either.
+layer ONE scaled-dot-product attention call lets a query see only its region's tokens (the
+reference code loops one attention call per region over all queries instead). Region
+maps are computed once per attention resolution per edit (ROUTING_MODES: by majority, or the
+reference code's erode-current/dilate-earlier). The call groups queries by region so each attends
+only to its region's tokens: its cost stays about twice plain cross-attention however many layers
+pile up, and a region hidden at a resolution costs nothing there.
+Self-attention is left alone, so a new object still sees its surroundings. A text mask the denoiser passes
+(T5 families: padding tokens, as diffusers' additive bias) is applied to each bucket's keys, so padding never
+receives weight either.
 """
 
 from __future__ import annotations
@@ -20,7 +24,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ATTENTION_MODES = ("bcg", "qd", "mqd")  # plain cross-attention, two-way split, full MQD
+# How cross-attention is routed during an edit:
+# - "bcg": plain cross-attention to the edit prompt (no routing);
+# - "qd-background": two regions: the edit's mask hears the edit prompt, everything else the
+#   background (layer 0) prompt;
+# - "qd-previous": the reference code's QD: the edit's mask hears the edit prompt, everything else
+#   the prompt of the layer just below (the previous visible layer);
+# - "mqd": every visible layer's region hears its own prompt (later layers occlude earlier ones).
+ATTENTION_MODES = ("bcg", "qd-background", "qd-previous", "mqd")
+# Names older projects were saved with -> today's name ("qd" meant the background split).
+ATTENTION_ALIASES = {"qd": "qd-background"}
+# How a pixel-resolution region map becomes each attention grid's query owners:
+# - "majority": each cell goes to the region covering most of it (ties to the later layer), one rule
+#   for every layer;
+# - "erode-dilate": the reference code's rule: the current edit (the last region) keeps only the cells
+#   it covers completely (eroded), each earlier layer takes every cell it touches (dilated).
+ROUTING_MODES = ("majority", "erode-dilate")
 
 
 def owner_map(region_masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -31,35 +50,60 @@ def owner_map(region_masks: Sequence[np.ndarray]) -> np.ndarray:
     return owners
 
 
-def downsampled_owners(owners: np.ndarray, size: tuple[int, int], count: int) -> torch.Tensor:
-    """Owners on an attention grid [h*w]: the region covering most of each cell (ties go to the later layer)."""
+def resolve_attention(attention: str) -> str:
+    """Today's name of an attention mode (older projects may hold an alias); unknown names are an error."""
+    name = ATTENTION_ALIASES.get(attention, attention)
+    if name not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    return name
+
+
+def downsampled_owners(owners: np.ndarray, size: tuple[int, int], count: int,
+                       routing: str = "majority") -> torch.Tensor:
+    """Owners on an attention grid [h*w] under a ROUTING_MODES rule; the last region is the current edit."""
+    if routing not in ROUTING_MODES:
+        raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
     one_hot = F.one_hot(torch.from_numpy(owners), count).permute(2, 0, 1)[None].float()
-    coverage = F.adaptive_avg_pool2d(one_hot, size)[0]  # [count, h, w]
-    later_first = coverage.flip(0).argmax(0)  # argmax picks the first maximum: flip so the later layer wins
-    return (count - 1 - later_first).flatten()
+    coverage = F.adaptive_avg_pool2d(one_hot, size)[0]  # [count, h, w]: share of each cell per region
+    if routing == "majority":
+        later_first = coverage.flip(0).argmax(0)  # argmax picks the first maximum: flip so the later layer wins
+        return (count - 1 - later_first).flatten()
+    grid = torch.zeros(size, dtype=torch.int64)
+    for region in range(1, count - 1):  # earlier layers, back to front: every cell they touch
+        grid[coverage[region] > 0] = region
+    if count > 1:  # the current edit: only cells it fills (float sums of ones divide back to exactly 1)
+        grid[coverage[count - 1] >= 1.0 - 1e-6] = count - 1
+    return grid.flatten()
 
 
 class RegionMaps:
     """Which prompt tokens each query may attend to, per attention resolution, built once per edit."""
 
     def __init__(self, owners: np.ndarray, count: int, tokens_per_region: int, latent_size: tuple[int, int],
-                 grids: dict[int, tuple[int, int]] | None = None):
+                 grids: dict[int, tuple[int, int]] | None = None, routing: str = "majority"):
+        if routing not in ROUTING_MODES:
+            raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
         self.owners, self.count, self.tokens = owners, count, tokens_per_region
-        self.latent_size = latent_size
+        self.latent_size, self.routing = latent_size, routing
         # query count -> (h, w) of each cross-attention layer; a model family gives its own (a UNet's by default)
         self.grids = attention_grids(latent_size) if grids is None else grids
+        self._owners: dict[int, torch.Tensor] = {}
         self._cache: dict[int, torch.Tensor] = {}
+        self._buckets: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_masks(cls, region_masks: Sequence[np.ndarray], tokens_per_region: int, latent_size: tuple[int, int],
-                   grids: dict[int, tuple[int, int]] | None = None):
-        return cls(owner_map(region_masks), len(region_masks), tokens_per_region, latent_size, grids)
+                   grids: dict[int, tuple[int, int]] | None = None, routing: str = "majority"):
+        return cls(owner_map(region_masks), len(region_masks), tokens_per_region, latent_size, grids, routing)
 
     def query_owners(self, query_length: int) -> torch.Tensor:
         """Region index of every query token of an attention layer with `query_length` queries."""
         if query_length not in self.grids:
             raise ValueError(f"no attention grid has {query_length} queries for latents of {self.latent_size}")
-        return downsampled_owners(self.owners, self.grids[query_length], self.count)
+        if query_length not in self._owners:
+            self._owners[query_length] = downsampled_owners(self.owners, self.grids[query_length], self.count,
+                                                            self.routing)
+        return self._owners[query_length]
 
     def allowed(self, query_length: int, device: torch.device) -> torch.Tensor:
         """bool [1, 1, Q, regions * tokens]: True where a query may attend to a key token."""
@@ -68,6 +112,32 @@ class RegionMaps:
             allowed = self.query_owners(query_length)[:, None] == key_owner[None, :]
             self._cache[query_length] = allowed[None, None]
         return self._cache[query_length].to(device)
+
+    def buckets(self, query_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries grouped by region into equal-size buckets, for attention without a mask.
+
+        Returns (region [G]: the region whose tokens bucket g attends to; slots [G, S]: the query indices
+        in each bucket, padded with query 0; position [Q]: where each query's result lands in the
+        flattened [G * S] output). S = ceil(Q / regions owning a query here), and a region fills
+        ceil(its queries / S) buckets, so G <= 2 x those regions and G x S < 2 Q: attention costs at most
+        about twice plain cross-attention however many layers are piled up, and a region hidden at this
+        grid (no query) gets no bucket at all.
+        """
+        if query_length not in self._buckets:
+            owners = self.query_owners(query_length)
+            present = torch.unique(owners)  # sorted
+            size = math.ceil(query_length / len(present))
+            regions, slots = [], []
+            position = torch.empty(query_length, dtype=torch.int64)
+            for region in present.tolist():
+                members = torch.nonzero(owners == region).flatten()
+                for start in range(0, len(members), size):
+                    chunk = members[start:start + size]
+                    position[chunk] = len(slots) * size + torch.arange(len(chunk))
+                    regions.append(region)
+                    slots.append(F.pad(chunk, (0, size - len(chunk))))
+            self._buckets[query_length] = (torch.tensor(regions), torch.stack(slots), position)
+        return tuple(t.to(device) for t in self._buckets[query_length])
 
 
 def attention_grids(latent_size: tuple[int, int]) -> dict[int, tuple[int, int]]:
@@ -156,18 +226,42 @@ def text_bias(attention_mask: torch.Tensor | None, batch: int, keys: int) -> tor
 
 
 def with_bias(allowed: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """The region mask alone (boolean), or with a text bias: the bias where allowed, -inf elsewhere."""
+    """A boolean region mask alone, or with a text bias: the bias where allowed, -inf elsewhere (for processors
+    that attend over all regions' tokens with a mask, as training/regional.py's)."""
     if bias is None:
         return allowed
     return torch.where(allowed, bias.to(dtype), torch.tensor(float("-inf"), dtype=dtype, device=bias.device))
 
 
 class RegionalAttnProcessor(RegionalProcessorBase):
-    """MQD in one fused call: scaled-dot-product attention with a region mask over all prompts' tokens."""
+    """MQD in one fused call: queries grouped by region (RegionMaps.buckets), each bucket attending to
+    its own region's prompt tokens only, in one scaled-dot-product attention call without a mask.
+
+    The same result as one attention over all prompts' tokens with a region mask (masked tokens get
+    zero weight), at the cost of about two plain cross-attentions instead of one per region. A text mask
+    (`bias`) is sliced the same way: each bucket gets its region's tokens' bias as the call's mask.
+    """
+
+    def __init__(self, maps: RegionMaps):
+        super().__init__(maps)
+        self._bucket_keys: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def attend(self, query, key, value, bias=None):
-        allowed = self.maps.allowed(query.shape[2], query.device)
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=with_bias(allowed, bias, query.dtype))
+        batch, heads, length, dim = query.shape
+        regions, slots, position = self.maps.buckets(length, query.device)
+        cached = self._bucket_keys.get((id(key), length))
+        if cached is None or cached[0] is not key:  # keys are cached per layer, so this runs once per edit
+            tokens = self.maps.tokens
+            per_region = (batch, heads, self.maps.count, tokens, key.shape[-1])
+            cached = (key, *(t.view(per_region)[:, :, regions].flatten(1, 2) for t in (key, value)))
+            self._bucket_keys[(id(key), length)] = cached
+        grouped = query[:, :, slots].flatten(1, 2)  # [B, heads * G, S, dim]
+        mask = None
+        if bias is not None:  # [B, 1, 1, regions * tokens] -> [B, heads * G, 1, tokens], ordered as `grouped`
+            per_bucket = bias.view(batch, self.maps.count, self.maps.tokens)[:, regions].to(query.dtype)
+            mask = per_bucket[:, None, :, None].expand(batch, heads, -1, 1, -1).flatten(1, 2)
+        out = F.scaled_dot_product_attention(grouped, cached[1], cached[2], attn_mask=mask)
+        return out.view(batch, heads, -1, out.shape[-1])[:, :, position]
 
 
 class RegionLoopAttnProcessor(RegionalProcessorBase):

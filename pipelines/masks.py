@@ -158,3 +158,24 @@ def latent_mask(region: np.ndarray, latent_size: tuple[int, int], device=None, d
     tensor = torch.from_numpy(region.astype(np.float32))[None, None]
     small = F.adaptive_avg_pool2d(tensor, latent_size)
     return small.to(device=device, dtype=dtype)
+
+
+def binary_latent_mask(region: np.ndarray, latent_size: tuple[int, int], device=None, dtype=None) -> torch.Tensor:
+    """Nearest-neighbour resize of the binary pixel mask to a latent grid [1, 1, h, w]: every cell is 0 or 1,
+    taken from one pixel of it (torch's "nearest": the cell's top-left pixel), as the reference code does."""
+    tensor = torch.from_numpy(region.astype(np.float32))[None, None]
+    small = F.interpolate(tensor, size=tuple(latent_size), mode="nearest")
+    return small.to(device=device, dtype=dtype)
+
+
+# How BCG's latent mask is made from the edit's pixel region: "fractional" = latent_mask (area average:
+# a cell half inside the region keeps half of the remembered latent), "binary" = binary_latent_mask.
+BCG_MASKS = {"fractional": latent_mask, "binary": binary_latent_mask}
+
+
+def bcg_latent_mask(region: np.ndarray, latent_size: tuple[int, int], kind: str = "fractional", device=None,
+                    dtype=None) -> torch.Tensor:
+    """The latent mask BCG blends with, made the BCG_MASKS way `kind`."""
+    if kind not in BCG_MASKS:
+        raise ValueError(f"bcg_mask must be one of {tuple(BCG_MASKS)}, got {kind!r}")
+    return BCG_MASKS[kind](region, latent_size, device=device, dtype=dtype)

@@ -14,7 +14,6 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,19 +24,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from . import bcg
 from .bcg import BackgroundMemory
 from .compositing import composite
-from .attention import ATTENTION_MODES, RegionalAttnProcessor, RegionMaps, regional_attention
+from .attention import RegionalAttnProcessor, RegionMaps, regional_attention, resolve_attention
+from .call_inputs import CALLBACK_TENSOR_INPUTS, EditRegion, LayeredPipelineOutput, check_settings
 from .families import ModelFamily, TextConditioning, family_class, identity_mismatch
-from .guidance import GUIDANCE_MODES, NEGATIVE_PROMPT_ERROR, GuidanceAdapter
-from .masks import latent_mask
+from .guidance import NEGATIVE_PROMPT_ERROR, GuidanceAdapter
+from .masks import bcg_latent_mask, latent_mask
 from .schedulers import make_scheduler, schedule_fingerprint
-from .tight import MASK_FITS, ObjectTracker, object_pixels, soft_object_mask
-
-PRESERVE_MODES = ("pixels", "latents")
-# "memory": BCG follows the layer below's stored trajectory; "renoise": the blended-latent baseline
-# re-encodes the previous image and noises it to each step (no memory; used for ablations).
-BACKGROUND_SOURCES = ("memory", "renoise")
-CALLBACK_TENSOR_INPUTS = ("latents",)
-
+from .tight import ObjectTracker, object_pixels, soft_object_mask
 
 def serialized(method):
     """Run a pipeline method under the pipeline's lock: MQD swaps the denoiser's processors for a call."""
@@ -46,42 +39,6 @@ def serialized(method):
         with self._call_lock:
             return method(self, *args, **kwargs)
     return locked
-
-
-@dataclass(frozen=True)
-class EditRegion:
-    """What an edit needs from the layer below it, as plain arrays and tensors."""
-
-    region: np.ndarray  # bool HxW: where the new content may appear
-    soft_mask: np.ndarray  # float32 HxW in [0, 1], 0 outside `region`: pixel composite weights
-    previous_image: np.ndarray  # uint8 HxWx3
-    previous_trajectory: Sequence[torch.Tensor]  # latent after each step of the layer below
-    previous_schedule: tuple  # that trajectory's schedule fingerprint
-    background: str = "memory"  # see BACKGROUND_SOURCES
-    # MQD: the earlier visible layers, back to front, as (their prompt's TextConditioning, bool HxW mask);
-    # the first is the background (its mask is the whole image).
-    earlier_regions: Sequence[tuple[TextConditioning, np.ndarray]] = ()
-    # "tight": find the object while denoising; BCG and the pixel composite keep the old background inside
-    # the region too, apart from a `feather_px` soft edge around the object. "whole": repaint the whole region.
-    mask_fit: str = "tight"
-    feather_px: int = 2
-
-
-@dataclass
-class LayeredPipelineOutput:
-    """One layer's result: the image and everything the memory keeps for later edits."""
-
-    image: np.ndarray  # uint8 HxWx3, after the pixel composite
-    decoded: np.ndarray  # uint8 HxWx3, the VAE's output before compositing
-    trajectory: list[torch.Tensor]  # fp16 CPU, the latent after each step (after blending)
-    schedule: tuple
-    prompt_embeds: torch.Tensor  # fp16 CPU
-    negative_prompt_embeds: torch.Tensor | None  # fp16 CPU, None when CFG was off
-    info: dict = field(default_factory=dict)
-    # the rest of both prompts' TextConditioning (token masks, pooled embeddings), named as TextConditioning.storage
-    extra_tensors: dict = field(default_factory=dict)
-    # float32 HxW: the soft mask the edit painted through (the object's when tight); None for a background
-    mask: np.ndarray | None = None
 
 
 class LayeredPipeline(DiffusionPipeline):
@@ -145,30 +102,17 @@ class LayeredPipeline(DiffusionPipeline):
     # ----------------------------------------------------------------- inputs
     def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
                      edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs,
-                     guidance="cfg"):
+                     guidance="cfg", bcg_mask="fractional", region_routing="majority"):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         if not isinstance(negative_prompt, str):
             raise TypeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
         for text, name in ((prompt, "prompt"), (negative_prompt, "negative_prompt")):
             self.check_prompt_length(text, name)
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if not np.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {width}x{height}")
-        if not 0.0 <= free_steps_ratio <= 1.0:
-            raise ValueError(f"free_steps_ratio must be in [0, 1], got {free_steps_ratio!r}")
-        if preserve not in PRESERVE_MODES:
-            raise ValueError(f"preserve must be one of {PRESERVE_MODES}, got {preserve!r}")
-        unknown = set(callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSOR_INPUTS)
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs may hold {CALLBACK_TENSOR_INPUTS}, got {sorted(unknown)}")
-        if attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
-        if guidance not in GUIDANCE_MODES:
-            raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
+        check_settings(num_inference_steps, guidance_scale, free_steps_ratio, preserve, attention, guidance, bcg_mask,
+                       region_routing, callback_on_step_end_tensor_inputs)
         if guidance == "distilled":
             if negative_prompt:
                 raise ValueError(NEGATIVE_PROMPT_ERROR)
@@ -179,13 +123,7 @@ class LayeredPipeline(DiffusionPipeline):
                                  "`python -m training distill --model MODEL --out FOLDER`")
             self.guidance_adapter.check_scale(guidance_scale)
         if edit is not None:
-            if edit.background not in BACKGROUND_SOURCES:
-                raise ValueError(f"background must be one of {BACKGROUND_SOURCES}, got {edit.background!r}")
-            if edit.mask_fit not in MASK_FITS:
-                raise ValueError(f"mask_fit must be one of {MASK_FITS}, got {edit.mask_fit!r}")
-            expected = (height, width)
-            if edit.region.shape != expected or edit.soft_mask.shape != expected or edit.previous_image.shape[:2] != expected:
-                raise ValueError(f"edit masks and previous image must be {width}x{height}")
+            edit.check(height, width)
 
     def check_prompt_length(self, text: str, name: str = "prompt") -> None:
         """A prompt longer than the text encoder's window is an error, not a silent truncation."""
@@ -255,6 +193,8 @@ class LayeredPipeline(DiffusionPipeline):
         preserve: str = "pixels",
         attention: str = "mqd",
         guidance: str = "cfg",
+        bcg_mask: str = "fractional",
+        region_routing: str = "majority",
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> LayeredPipelineOutput:
@@ -273,12 +213,17 @@ class LayeredPipeline(DiffusionPipeline):
             free_steps_ratio: share of final steps run without BCG so the object's boundary harmonises.
             preserve: "pixels" keeps the previous pixels outside the edit's soft mask bit-identical;
                 "latents" returns the decoded image as it is (the paper's behaviour).
-            attention: "mqd" routes each region's queries to its own layer's prompt; "qd" splits current
-                prompt vs background prompt; "bcg" is plain cross-attention.
+            attention: "mqd" routes each region's queries to its own layer's prompt; "qd-background" and
+                "qd-previous" split the edit's prompt vs one earlier prompt (see attention.ATTENTION_MODES);
+                "bcg" is plain cross-attention.
             guidance: "cfg" (a batch of 2 per step) or "distilled" (a batch of 1 with the guidance adapter).
             callback_on_step_end: diffusers' callback `(pipeline, step, timestep, tensors) -> tensors`,
                 called after BCG; it may return replaced "latents".
             callback_on_step_end_tensor_inputs: which tensors the callback receives.
+            bcg_mask: "fractional" (area-averaged latent mask, ours) or "binary" (nearest-resized, the reference
+                code's); see masks.BCG_MASKS. For ablations.
+            region_routing: "majority" (ours) or "erode-dilate" (the reference code's); see
+                attention.ROUTING_MODES. For ablations.
 
         Returns:
             LayeredPipelineOutput: the image, the trajectory (the latent after each step, after BCG), the
@@ -289,7 +234,8 @@ class LayeredPipeline(DiffusionPipeline):
         height = height or (edit.previous_image.shape[0] if edit is not None else default_h)
         width = width or (edit.previous_image.shape[1] if edit is not None else default_w)
         self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                          edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs, guidance)
+                          edit, free_steps_ratio, preserve, attention, callback_on_step_end_tensor_inputs, guidance,
+                          bcg_mask, region_routing)
         device = self._execution_device
         # guidance_scale <= 1 turns guidance off in either mode: one plain conditional pass per step
         do_cfg = guidance == "cfg" and guidance_scale > 1.0
@@ -311,7 +257,8 @@ class LayeredPipeline(DiffusionPipeline):
         latents = noise * sampler.init_noise_sigma
 
         # 5. What BCG follows, and where (the whole region, or the object as it forms)
-        memory = None if edit is None else self.prepare_background_memory(edit, sampler, noise, free_steps_ratio)
+        memory = None if edit is None else self.prepare_background_memory(edit, sampler, noise, free_steps_ratio,
+                                                                          bcg_mask)
         extra_channels = self.inpainting_inputs(edit, height, width) if self.is_inpainting_unet else None
 
         # 6. Distilled guidance: the adapter's weights and the scale's embedding (the teacher runs without both)
@@ -328,7 +275,7 @@ class LayeredPipeline(DiffusionPipeline):
         if regions:
             latent_size = tuple(latents.shape[-2:])
             maps = RegionMaps.from_masks([mask for _, mask in regions], prompt_text.tokens, latent_size,
-                                         self.family.token_grids(latent_size))
+                                         self.family.token_grids(latent_size), region_routing)
             routing = regional_attention(self.denoiser, maps, self.region_processor, self.family.routes)
         with routing, student, self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
@@ -377,12 +324,12 @@ class LayeredPipeline(DiffusionPipeline):
             extra_tensors=extras,
         )
 
-    def prepare_background_memory(self, edit: EditRegion, sampler, noise: torch.Tensor,
-                                  free_steps_ratio: float) -> BackgroundMemory:
+    def prepare_background_memory(self, edit: EditRegion, sampler, noise: torch.Tensor, free_steps_ratio: float,
+                                  bcg_mask: str = "fractional") -> BackgroundMemory:
         """The latents BCG blends in after each step: the stored trajectory, or the re-noised previous latent
         when the schedules differ (the stored steps then sit at other noise levels) or no memory is asked for."""
         timesteps = sampler.timesteps
-        region = latent_mask(edit.region, tuple(noise.shape[-2:]), device=noise.device, dtype=noise.dtype)
+        region = bcg_latent_mask(edit.region, tuple(noise.shape[-2:]), bcg_mask, device=noise.device, dtype=noise.dtype)
         if edit.background == "renoise":
             encoded = self.encode_image(edit.previous_image).to(noise.dtype)
             remembered, source = bcg.renoised_trajectory(sampler, encoded, noise, timesteps), "renoise-image"
@@ -407,10 +354,19 @@ class LayeredPipeline(DiffusionPipeline):
 
     @staticmethod
     def attention_regions(attention: str, edit: EditRegion | None, prompt_text: TextConditioning):
-        """(text, mask) per region for MQD, back to front, the current edit last; [] = plain attention."""
+        """(text, mask) per region for MQD, back to front, the current edit last; [] = plain attention.
+
+        mqd: every earlier visible layer; qd-background: the background (layer 0) everywhere; qd-previous:
+        the layer just below everywhere (the reference code's QD).
+        """
+        attention = resolve_attention(attention)
         if edit is None or attention == "bcg" or not edit.earlier_regions:
             return []
-        earlier = list(edit.earlier_regions) if attention == "mqd" else [edit.earlier_regions[0]]
+        if attention == "mqd":
+            earlier = list(edit.earlier_regions)
+        else:
+            text, mask = edit.earlier_regions[-1 if attention == "qd-previous" else 0]
+            earlier = [(text, np.ones_like(mask, dtype=bool))]
         return earlier + [(prompt_text, edit.region)]
 
     def text_conditioning(self, prompt_text: TextConditioning, negative_text: TextConditioning | None,

@@ -29,12 +29,10 @@ from .masks import dilate, feather
 MASK_FITS = ("tight", "whole")  # tight: the object plus a soft edge; whole: repaint the whole rough region
 # Share of the region's largest departure that makes a latent cell "object", at the first and the last blended
 # step (linear in between). Low early: the object needs room while its layout is decided; higher later.
-OBJECT_SHARE_START = 0.2
-OBJECT_SHARE_END = 0.5
+OBJECT_SHARE_START = 0.1
+OBJECT_SHARE_END = 0.4
 # Latent cells of room kept around the object cells while blending, so its edge can still move.
 OBJECT_ROOM_CELLS = 1
-# Share of the blended steps that paint the whole rough region before the object mask takes over.
-WARMUP_SHARE = 0.0
 # A departure below this share of the remembered latent's mean magnitude is no signal at all: an edit whose
 # prompt changes nothing keeps the whole region on the memory.
 SIGNAL_FLOOR = 1e-3
@@ -84,8 +82,6 @@ class ObjectTracker:
         signal = departure(proposed, remembered)
         floor = SIGNAL_FLOOR * float(remembered.float().abs().mean())
         self.cells = object_cells(signal, self.region, object_share(step, self.blend_steps), floor)
-        if step < round(WARMUP_SHARE * self.blend_steps):
-            return self.region
         room = grow_cells(self.cells, OBJECT_ROOM_CELLS)
         return self.region * room.to(self.region.dtype)
 

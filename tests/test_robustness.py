@@ -84,7 +84,7 @@ BAD_SETTINGS = st.one_of(
     st.fixed_dictionaries({"mask_feather": st.one_of(st.integers(max_value=-1), st.floats(0.1, 3))}),
     st.fixed_dictionaries({"scheduler": st.text(max_size=8).filter(lambda s: s not in ("ddim", "dpm++", "euler"))}),
     st.fixed_dictionaries({"preserve": st.text(max_size=8).filter(lambda s: s not in ("pixels", "latents"))}),
-    st.fixed_dictionaries({"attention": st.text(max_size=8).filter(lambda s: s not in ("bcg", "qd", "mqd"))}),
+    st.fixed_dictionaries({"attention": st.text(max_size=8).filter(lambda s: s not in ("bcg", "qd", "qd-background", "qd-previous", "mqd"))}),
     st.fixed_dictionaries({"negative_prompt": st.one_of(st.integers(), st.none().map(lambda _: 1.5))}),
     st.fixed_dictionaries({"seed": st.one_of(st.integers(max_value=-1), st.integers(min_value=2**63),
                                              st.floats(), st.text(max_size=3))}),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pipelines.tight as tight
-from editor import EditSettings, Session
+from editor import EditSettings, NothingDrawnWarning, Session
 from pipelines import masks
 from tiny_models import IMAGE_SIZE, save_tiny_pipeline
 
@@ -114,18 +114,20 @@ def test_a_step_whose_object_signal_is_empty_keeps_the_whole_region_on_the_memor
     assert not torch.equal(edited[1], below[1])  # other steps do paint inside the region
 
 
-def test_an_edit_that_changes_nothing_paints_nothing(session):
+def test_an_edit_that_changes_nothing_paints_nothing_and_says_so(session):
     """The edit prompt equals the background's and the noise is shared: no departure, no object, no pixel change."""
     before = np.asarray(session.image).copy()
-    session.edit("a grass background", mask=ROUGH_BOX, attention="bcg")
+    with pytest.warns(NothingDrawnWarning, match="nothing was drawn"):
+        session.edit("a grass background", mask=ROUGH_BOX, attention="bcg")
     layer = session.layers[1]
-    assert layer.info["painted_pixels"] == 0 and not layer.mask.any()
+    assert layer.info["painted_pixels"] == 0 and layer.info["changed_pixels"] == 0 and not layer.mask.any()
     np.testing.assert_array_equal(np.asarray(session.image), before)
 
 
-def test_the_tight_mask_lies_inside_the_rough_mask_and_pixels_outside_it_stay_exact(session):
+def test_the_tight_mask_lies_inside_the_rough_mask_and_pixels_outside_it_stay_exact(session, recwarn):
     before = np.asarray(session.image).copy()
     session.edit("a red star", mask=ROUGH_BOX)
+    assert not [w for w in recwarn if issubclass(w.category, NothingDrawnWarning)]
     layer = session.layers[1]
     rough = masks.box_mask(ROUGH_BOX, (IMAGE_SIZE, IMAGE_SIZE))
     assert layer.info["mask_fit"] == "tight" and layer.mask.dtype == np.float32

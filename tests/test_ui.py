@@ -6,112 +6,32 @@ The app is launched in-process on a free port; every Client is a separate browse
 from __future__ import annotations
 
 import json
-import socket
 import zipfile
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-from tiny_models import IMAGE_SIZE, save_tiny_pipeline
+from tiny_models import IMAGE_SIZE
+from ui_client import (CIRCLE, SCALE, STAR, assert_changed_only_inside, box_mask, captions, edit, empty_canvas,
+                       generate, image_of, painted_canvas, settings, value)
 
 from editor import EditSettings, Session
-from ui import app
+from ui import app, controls, errors
+from ui.canvas import canvas_value, display_scale, mask_from_canvas
 from ui.cli import build_parser
-
-STEPS = 2
-SCALE = app.display_scale((IMAGE_SIZE, IMAGE_SIZE))  # the canvas shows the 32x32 images at 16x
-STAR = (2, 3, 12, 14)  # (x0, y0, x1, y1) in image pixels, x horizontal
-CIRCLE = (18, 16, 29, 27)
-
-
-def settings(**changes) -> dict:
-    """Values for the settings controls: the defaults, with few steps so the tests are fast."""
-    values = {name: getattr(EditSettings(), name, "cfg") for name in app.SETTING_CONTROLS}
-    values.update({"num_inference_steps": STEPS, **changes})
-    return values
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    model = save_tiny_pipeline(tmp_path_factory.mktemp("tiny-ui-model"))
-    session = Session.from_pretrained(model, device="cpu")
-    demo = app.build_app(session.pipeline, model=session.model)
-    _, url, _ = app.launch_app(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield demo, url
-    demo.close()
+from ui.handlers import Handlers
 
 
 @pytest.fixture
-def client(server):
-    return Client(server[1], verbose=False)
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def image_of(result) -> np.ndarray:
-    """The current image a view shows (the 'actual pixels' image output)."""
-    return np.asarray(Image.open(result[0]).convert("RGB"))
-
-
-def value(output):
-    """A component's new value in a result (gradio_client passes gr.update(...) through as a dict)."""
-    return output["value"] if isinstance(output, dict) and output.get("__type__") == "update" else output
-
-
-def captions(result) -> list[str]:
-    return [item["caption"] for item in result[1]]
-
-
-def box_mask(box) -> np.ndarray:
-    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
-    mask[box[1]:box[3], box[0]:box[2]] = True
-    return mask
-
-
-def painted_canvas(tmp_path: Path, result, *boxes) -> dict:
-    """An ImageEditor value as a browser sends it: the upscaled image plus an RGBA stroke layer (canvas px)."""
-    background = tmp_path / f"background-{len(list(tmp_path.iterdir()))}.png"
-    Image.fromarray(app.canvas_value(image_of(result))["background"]).save(background)
-    layer = np.zeros((IMAGE_SIZE * SCALE, IMAGE_SIZE * SCALE, 4), dtype=np.uint8)
-    for x0, y0, x1, y1 in boxes:
-        layer[y0 * SCALE:y1 * SCALE, x0 * SCALE:x1 * SCALE] = (255, 45, 117, 153)
-    path = tmp_path / f"stroke-{len(list(tmp_path.iterdir()))}.png"
-    Image.fromarray(layer, "RGBA").save(path)
-    return {"background": handle_file(str(background)), "layers": [handle_file(str(path))],
-            "composite": handle_file(str(background)), "id": None}
-
-
-def empty_canvas(tmp_path: Path, result) -> dict:
-    canvas = painted_canvas(tmp_path, result)
-    return {**canvas, "layers": []}
-
-
-def generate(client, prompt="a grass background", seed=3, **changes):
-    return client.predict(prompt=prompt, seed_mode="fixed", seed=seed, **settings(**changes), api_name="/generate")
-
-
-def edit(client, canvas, prompt, seed_mode="session", mask_mode="brush", box=(0, 0, 1, 1), **changes):
-    x0, y0, x1, y1 = box
-    return client.predict(canvas=canvas, prompt=prompt, seed_mode=seed_mode, seed=0, mask_mode=mask_mode,
-                          x0=x0, y0=y0, x1=x1, y1=y1, **settings(**changes), api_name="/edit")
-
-
-def assert_changed_only_inside(before, after, mask):
-    changed = (before != after).any(axis=2)
-    assert changed.any(), "the edit changed nothing"
-    assert not (changed & ~mask).any(), "pixels outside the mask changed"
+def client(ui_server):
+    return Client(ui_server[1], verbose=False)
 
 
 # ------------------------------------------------------------------------------------------ the workflow
-def test_generate_edit_undo_redo_reedit_save_and_load_is_bit_identical(client, server, tmp_path):
+def test_generate_edit_undo_redo_reedit_save_and_load_is_bit_identical(client, ui_server, tmp_path):
     background = generate(client)
     image0 = image_of(background)
     assert captions(background) == ["0: a grass background"] and value(background[2]) == 0
@@ -140,7 +60,7 @@ def test_generate_edit_undo_redo_reedit_save_and_load_is_bit_identical(client, s
 
     project = client.predict(api_name="/save")
     assert project.endswith(".lep")
-    reopened = Client(server[1], verbose=False).predict(handle_file(project), api_name="/load")
+    reopened = Client(ui_server[1], verbose=False).predict(handle_file(project), api_name="/load")
     assert np.array_equal(image_of(reopened), image3)
     assert captions(reopened) == captions(reedited)
 
@@ -192,14 +112,13 @@ def test_start_from_a_photo(client, tmp_path):
 def test_every_control_reaches_the_session(client, tmp_path):
     """Change one control at a time, edit, and read the new layer's recorded settings back."""
     changes = {"negative_prompt": "a dog", "num_inference_steps": 3, "guidance_scale": 3.0, "scheduler": "euler",
-               "free_steps_ratio": 0.5, "attention": "qd", "background": "renoise", "preserve": "latents",
+               "free_steps_ratio": 0.5, "attention": "qd-background", "background": "renoise", "preserve": "latents",
                "mask_dilation": 1, "mask_feather": 0}
-    if app.has_guidance_setting():
-        changes["guidance"] = "cfg"  # the only mode without a guidance adapter; see test_guidance_mode_control
-    assert set(changes) == set(app.SETTING_CONTROLS) & set(EditSettings.names())
+    changes["guidance"] = "cfg"  # the only mode without a guidance adapter; see test_guidance_mode_control
+    assert set(changes) == set(controls.SETTING_CONTROLS) & set(EditSettings.names())
     result = generate(client, seed=9)
     baseline = client.predict(index=0, api_name="/select_layer")
-    names = list(app.SETTING_CONTROLS)
+    names = list(controls.SETTING_CONTROLS)
     for layer, (name, changed) in enumerate(changes.items(), start=1):
         result = edit(client, painted_canvas(tmp_path, result, STAR), "a red star", **{name: changed})
         echoed = dict(zip(names, map(value, client.predict(index=layer, api_name="/select_layer")[4:-1]),
@@ -212,18 +131,25 @@ def test_every_control_reaches_the_session(client, tmp_path):
     assert selected[2:4] == ("fixed", 0) and seeded[-1] == 0  # seed_mode + seed reach the Session too
 
 
-def test_generating_events_take_every_settings_control(server):
+def test_generating_events_take_every_settings_control(ui_server):
     """generate, edit, replace and start_from_image all read the same settings controls."""
-    config = server[0].config
+    config = ui_server[0].config
     inputs = {dep["api_name"]: dep["inputs"] for dep in config["dependencies"] if dep.get("api_name")}
-    tail = inputs["edit"][-len(app.SETTING_CONTROLS):]
+    tail = inputs["edit"][-len(controls.SETTING_CONTROLS):]
     for name in ("generate", "replace", "start_from_image"):
-        assert inputs[name][-len(app.SETTING_CONTROLS):] == tail
+        assert inputs[name][-len(controls.SETTING_CONTROLS):] == tail
+    # The HTTP API names each control's parameter after its setting (clients call predict(scheduler=...)).
+    endpoints = ui_server[0].get_api_info()["named_endpoints"]
+    for name in ("generate", "edit", "replace", "start_from_image"):
+        parameters = [parameter["parameter_name"] for parameter in endpoints[f"/{name}"]["parameters"]]
+        assert parameters[-len(controls.SETTING_CONTROLS):] == list(controls.SETTING_CONTROLS)
+    assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]][:8] == [
+        "canvas", "prompt", "seed_mode", "seed", "mask_mode", "x0", "y0", "x1"]
 
 
-def test_two_browser_sessions_do_not_interfere(server, tmp_path):
+def test_two_browser_sessions_do_not_interfere(ui_server, tmp_path):
     """Two clients edit at the same time; each sees exactly what a lone Session would have made."""
-    demo, url = server
+    demo, url = ui_server
     plans = {"a": (1, "a red star", STAR), "b": (2, "a blue circle", CIRCLE)}
     clients = {key: Client(url, verbose=False) for key in plans}
     backgrounds = {key: generate(clients[key], seed=plans[key][0]) for key in plans}
@@ -266,28 +192,28 @@ def test_strokes_map_back_to_image_pixels():
     layer[3 * SCALE:5 * SCALE, 6 * SCALE:10 * SCALE, 3] = 255  # image pixels x 6..9, y 3..4
     layer[20 * SCALE, 20 * SCALE, 3] = 255  # one canvas pixel, not at an image pixel's centre
     value = {"background": None, "layers": [layer], "composite": None}
-    mask = app.mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE))
+    mask = mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE))
     assert np.array_equal(mask, box_mask((6, 3, 10, 5)))
-    assert app.mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "stroke box") == (6, 3, 21, 21)
-    assert app.mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "box", (1, 2, 3, 4)) == (1, 2, 3, 4)
-    assert app.mask_from_canvas({"layers": []}, (IMAGE_SIZE, IMAGE_SIZE)) is None
+    assert mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "stroke box") == (6, 3, 21, 21)
+    assert mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "box", (1, 2, 3, 4)) == (1, 2, 3, 4)
+    assert mask_from_canvas({"layers": []}, (IMAGE_SIZE, IMAGE_SIZE)) is None
     thin = np.zeros_like(layer)
     thin[0, :, 3] = 255
     with pytest.raises(ValueError, match="too thin"):
-        app.mask_from_canvas({"layers": [thin]}, (IMAGE_SIZE, IMAGE_SIZE))
+        mask_from_canvas({"layers": [thin]}, (IMAGE_SIZE, IMAGE_SIZE))
 
 
-def test_settings_from_controls():
+def test_settings_controls_become_edit_settings():
     values = settings(num_inference_steps=4.0, mask_feather=3.0, negative_prompt="blurry")
-    converted = app.settings_from_controls(**values)
+    converted = controls.SettingsControls(**values).edit_settings()
     assert converted["num_inference_steps"] == 4 and isinstance(converted["mask_feather"], int)
-    assert set(converted) == set(app.SETTING_CONTROLS) & set(EditSettings.names())
-    EditSettings().updated(**converted)  # all valid setting names
+    assert set(converted) == set(controls.SETTING_CONTROLS) and set(converted) <= set(EditSettings.names())
+    assert EditSettings().updated(**converted).negative_prompt == "blurry"
     with pytest.raises(ValueError, match="whole number"):
-        app.settings_from_controls(**settings(num_inference_steps=2.5))
-    if app.has_guidance_setting():
-        distilled = app.settings_from_controls(**settings(guidance="distilled", negative_prompt="x"))
-        assert distilled["negative_prompt"] == ""
+        controls.SettingsControls(**settings(num_inference_steps=2.5)).edit_settings()
+    distilled = controls.SettingsControls(**settings(guidance="distilled", negative_prompt="x")).edit_settings()
+    assert distilled["negative_prompt"] == ""
+    assert controls.SettingsControls(**settings(negative_prompt=None)).edit_settings()["negative_prompt"] == ""
 
 
 class _Pipeline:
@@ -302,29 +228,29 @@ def _component(demo, label):
 
 
 @pytest.mark.parametrize("adapter", [False, True])
-def test_guidance_mode_control(adapter, monkeypatch):
+def test_guidance_mode_control(adapter):
     demo = app.build_app(_Pipeline(adapter))
     control = _component(demo, "Guidance mode")
-    assert control.visible == app.has_guidance_setting()
+    assert control is demo.components.settings["guidance"] and control.interactive is adapter
     assert [choice[1] for choice in control.choices] == (["cfg", "distilled"] if adapter else ["cfg"])
-    assert app._guidance_changed("distilled")["interactive"] is False
-    assert app._guidance_changed("cfg")["interactive"] is True
-    monkeypatch.setattr(app, "has_guidance_setting", lambda: False)
-    assert _component(app.build_app(_Pipeline(adapter)), "Guidance mode").visible is False
+    assert Handlers.guidance_changed("distilled")["interactive"] is False
+    assert Handlers.guidance_changed("cfg")["interactive"] is True
 
 
 def test_the_canvas_shows_the_image_upscaled_without_strokes():
     image = np.random.default_rng(0).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    value = app.canvas_value(Image.fromarray(image))
+    value = canvas_value(Image.fromarray(image))
     assert value["layers"] == [] and value["background"].shape == (IMAGE_SIZE * SCALE, IMAGE_SIZE * SCALE, 3)
     assert np.array_equal(value["background"][::SCALE, ::SCALE], image)
     assert np.array_equal(value["background"], image.repeat(SCALE, 0).repeat(SCALE, 1))
-    assert app.Handlers.canvas(None) is None
+    assert Handlers.canvas(None) is None  # the follow-up event after every change shows the session's image:
+    assert np.array_equal(Handlers.canvas(SimpleNamespace(image=Image.fromarray(image)))["background"],
+                          value["background"])
 
 
 def test_the_canvas_is_an_integer_upscale():
-    assert app.display_scale((64, 64)) == 8 and app.display_scale((512, 512)) == 1
-    assert app.display_scale((32, 32)) == 16 and app.display_scale((768, 512)) == 1
+    assert display_scale((64, 64)) == 8 and display_scale((512, 512)) == 1
+    assert display_scale((32, 32)) == 16 and display_scale((768, 512)) == 1
 
 
 def test_cli_ui_command_binds_localhost_and_offers_no_share_link():
@@ -342,26 +268,26 @@ def test_handlers_wrap_errors_and_keep_gradio_errors():
 
     for kind in (ValueError, TypeError, IndexError):
         with pytest.raises(gr.Error, match="the message"):
-            app.friendly(fails)(kind)
+            errors.friendly(fails)(kind)
     with pytest.raises(gr.Error, match="the message"):
-        app.friendly(fails)(gr.Error)
+        errors.friendly(fails)(gr.Error)
 
 
 def test_library_warnings_become_ui_warnings(monkeypatch):
     import warnings
 
     shown = []
-    monkeypatch.setattr(app.gr, "Warning", shown.append)
+    monkeypatch.setattr(errors.gr, "Warning", shown.append)
 
     def warns():
         warnings.warn("the mask covers the whole image", stacklevel=1)
         return "done"
 
-    assert app.friendly(warns)() == "done"
+    assert errors.friendly(warns)() == "done"
     assert shown == ["the mask covers the whole image"]
 
 
-def test_uploads_are_limited_and_the_server_binds_localhost(server):
-    demo, url = server
+def test_uploads_are_limited_and_the_server_binds_localhost(ui_server):
+    demo, url = ui_server
     assert url.startswith("http://127.0.0.1:")
     assert demo.max_file_size is not None and demo.max_file_size <= 200 * 1024**2

@@ -1,0 +1,97 @@
+"""The values the app's controls hold, as one typed value each, and their checks (no gradio here).
+
+Gradio hands every control's value to a handler separately; the wiring (ui/events.py) packs the settings
+controls into one `SettingsControls`, which turns them into EditSettings keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from editor import EditSettings
+
+MAX_UI_SEED = 2**31 - 1  # random seeds are drawn below this; JavaScript numbers stay exact
+SEED_MODES = [("session noise", "session"), ("this number", "fixed"), ("random", "random")]
+MASK_MODES = [("brush stroke", "brush"), ("bounding box of stroke", "stroke box"), ("box x0, y0, x1, y1", "box")]
+GUIDANCE_NOTE = "Distilled guidance runs one UNet pass per step and has no negative prompt."
+
+
+@dataclass(frozen=True)
+class SettingsControls:
+    """The settings controls' values, in the order the controls are wired (the HTTP API's order too).
+
+    Values are as gradio gives them: sliders send floats for whole-number settings, an empty textbox None.
+    `edit_settings()` checks and converts them; EditSettings validates the rest.
+    """
+
+    negative_prompt: str | None
+    num_inference_steps: float
+    guidance_scale: float
+    guidance: str
+    scheduler: str
+    free_steps_ratio: float
+    attention: str
+    background: str
+    preserve: str
+    mask_dilation: float
+    mask_feather: float
+
+    WHOLE_NUMBERS = ("num_inference_steps", "mask_dilation", "mask_feather")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def of_layer(cls, layer) -> SettingsControls:
+        """The values that show `layer`'s recorded settings (defaults for any it did not record)."""
+        recorded = EditSettings.from_dict(dict(layer.settings))  # older names ("qd") read as today's
+        values = {name: getattr(recorded, name) for name in cls.names()}
+        return cls(**{**values, "negative_prompt": layer.negative_prompt})
+
+    def values(self) -> tuple:
+        """The control values in wiring order (for an event that fills the controls)."""
+        return dataclasses.astuple(self)
+
+    def edit_settings(self) -> dict:
+        """The EditSettings keyword arguments these controls describe."""
+        settings = dataclasses.asdict(self)
+        for name in self.WHOLE_NUMBERS:
+            settings[name] = whole_number(name, settings[name])
+        if settings["guidance"] == "distilled" or settings["negative_prompt"] is None:
+            settings["negative_prompt"] = ""  # a distilled adapter has none; its textbox is disabled
+        return settings
+
+
+SETTING_CONTROLS = SettingsControls.names()
+
+
+def guidance_choices(pipeline) -> list[str]:
+    """Guidance modes this pipeline can run: "distilled" only when it has a guidance adapter."""
+    return ["cfg", "distilled"] if getattr(pipeline, "has_guidance_adapter", False) else ["cfg"]
+
+
+def pick_seed(mode: str, seed) -> int | None:
+    """None = session noise (edits share the background's noise; re-edits keep the layer's seed)."""
+    if mode == "random":
+        return secrets.randbelow(MAX_UI_SEED)
+    if mode == "fixed":
+        if seed is None:
+            raise ValueError("enter a seed number, or choose 'random'")
+        return whole_number("seed", seed)
+    if mode == "session":
+        return None
+    raise ValueError(f"unknown seed mode {mode!r}")
+
+
+def whole_number(name: str, value) -> int:
+    """`value` as an int when it is a whole number (gradio sends 4.0 for 4); anything else is an error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    if not float(value).is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value}")
+    return int(value)
