@@ -33,15 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", default="embedded", help="'embedded' (default), a diffusers folder or a hub id")
     parser.add_argument("--clip", help="a local CLIP model folder (transformers) for the CLIP crop score")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated plans and sessions (default: 0)")
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                        help="base settings the methods build on: default, or paper (the official code's: "
+                             "DPM-Solver++ 20 steps, CFG 7.5, 20%% free steps, whole-box repaint, binary BCG "
+                             "mask, erode-dilate routing)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="session seeds per scene (default: 1); every method runs every scene with each, so "
                              "results pair up edit by edit and intervals resample whole scenes")
     parser.add_argument("--long-sessions", type=int, default=0, metavar="N",
                         help="also run N long sessions of 24 edits (methods naive, bcg, mqd, full) with the shapes "
                              "suite (default: 0)")
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
-                        help="base settings the methods build on: default, or paper (the official code's: "
-                             "DPM-Solver++ 20 steps, CFG 7.5, 20%% free steps, whole-box repaint)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     parser.add_argument("--device", help="cpu or cuda (default: accelerate's device for this process)")
     parser.add_argument("--merge-only", action="store_true",

@@ -29,7 +29,7 @@ from benchmark import metrics
 from benchmark import shapes_world as sw
 from benchmark.plans import pixel_box, shapes_plan
 from editor import Session
-from pipelines import guidance as G
+from pipelines.guidance_format import as_epsilon
 
 SCALES = (2.0, 4.0, 7.5)
 ERROR_PROMPTS = 4  # prompts per scale for the per-step error
@@ -124,8 +124,8 @@ def per_step_relative_error(pipeline, prompts: list[str], scale: float, steps: i
                            timestep_cond=adapter.embedding(scale, len(prompts), device, dtype)).sample.float()
         alpha = sampler.alphas_cumprod[int(t)]
         errors["output"].append(relative(student, guided))
-        errors["eps"].append(relative(G.as_epsilon(student, model_input, alpha, prediction),
-                                      G.as_epsilon(guided, model_input, alpha, prediction)))
+        errors["eps"].append(relative(as_epsilon(student, model_input, alpha, prediction),
+                                      as_epsilon(guided, model_input, alpha, prediction)))
         latents = sampler.step(guided.to(dtype), t, latents).prev_sample
     return errors
 

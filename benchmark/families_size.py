@@ -154,9 +154,9 @@ def measure(key: str, size: int, repeats: int, dtype: torch.dtype) -> dict:
     """One family, in this process: build, then time its denoiser calls (median of `repeats` after a warm-up)."""
     from diffusers import AutoencoderKL
 
-    from pipelines import guidance as G
     from pipelines.attention import RegionMaps, regional_attention
     from pipelines.families import TextConditioning, family_class
+    from pipelines.guidance_format import EMBEDDING_DIM, add_guidance_projection, guidance_embedding
 
     spec = FAMILIES[key]
     torch.set_flush_denormal(True)
@@ -186,9 +186,9 @@ def measure(key: str, size: int, repeats: int, dtype: torch.dtype) -> dict:
     region_masks = [np.ones((size, size), bool), np.zeros((size, size), bool), np.zeros((size, size), bool)]
     region_masks[1][: size // 2, : size // 2] = True
     region_masks[2][size // 4: 3 * size // 4, size // 4: 3 * size // 4] = True
-    maps = RegionMaps.from_masks(region_masks, tokens, (latent, latent), grids=family.token_grids((latent, latent)))
-    G.add_guidance_projection(denoiser)  # zero-initialised: the distilled call's extra input
-    embedding = G.guidance_embedding(4.0, G.EMBEDDING_DIM, batch=1, dtype=dtype)
+    maps = RegionMaps.from_masks(region_masks, tokens, (latent, latent), family.token_grids((latent, latent)))
+    add_guidance_projection(denoiser)  # zero-initialised: the distilled call's extra input
+    embedding = guidance_embedding(4.0, EMBEDDING_DIM, batch=1, dtype=dtype)
     t = torch.tensor(500)
 
     def one(batch_text, rows, timestep_cond=None):

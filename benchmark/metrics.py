@@ -65,10 +65,12 @@ def visible_region(masks: list[np.ndarray], j: int, i: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- pixel fidelity
-def psnr(image: np.ndarray, reference: np.ndarray, region: np.ndarray) -> float | None:
-    """Peak signal-to-noise ratio in dB inside `region`: 10 log10(255^2 / MSE), the MSE taken over the
-    region's pixels and all three channels. math.inf when the region is bit-identical; None when the
-    region is empty (nothing to compare: say so rather than invent a number)."""
+def psnr(image: np.ndarray, reference: np.ndarray, region: np.ndarray | None = None) -> float | None:
+    """Peak signal-to-noise ratio in dB inside `region` (default: the whole image): 10 log10(255^2 / MSE), the
+    MSE taken over the region's pixels and all three channels. math.inf when the region is bit-identical; None
+    when the region is empty (nothing to compare: say so rather than invent a number)."""
+    if region is None:
+        region = np.ones(image.shape[:2], dtype=bool)
     if not region.any():
         return None
     error = image[region].astype(np.float64) - reference[region].astype(np.float64)

@@ -22,7 +22,7 @@ import torch
 
 import torch.nn.functional as F
 
-from benchmark.plans import long_shapes_plans, pixel_box as plan_box
+from benchmark.plans import long_shapes_plans, pixel_box
 from editor import Session
 from pipelines.attention import RegionalAttnProcessor, RegionLoopAttnProcessor
 
@@ -34,11 +34,6 @@ VARIANTS = {  # name -> (attention setting, processor class)
     "MQD fused (ours)": ("mqd", RegionalAttnProcessor),
     "MQD per-region loop": ("mqd", RegionLoopAttnProcessor),
 }
-
-
-def pixel_box(box, size):
-    width, height = size
-    return (round(box[0] * width), round(box[1] * height), round(box[2] * width), round(box[3] * height))
 
 
 class MaskedAllRegions(RegionalAttnProcessor):
@@ -65,7 +60,7 @@ def depth_study(model: str, device, steps: int, layers: int, repeats: int) -> No
     for session in (shallow, deep):
         session.generate(plan.background, seed=plan.seed)
     for edit in plan.edits[:-1]:
-        deep.edit(edit.prompt, plan_box(edit.box, deep.size))
+        deep.edit(edit.prompt, pixel_box(edit.box, deep.size))
     first, last = plan.edits[0], plan.edits[-1]
     timed = {"edit 1": (shallow, first), f"edit {layers}": (deep, last)}
 
@@ -74,7 +69,7 @@ def depth_study(model: str, device, steps: int, layers: int, repeats: int) -> No
         attention, processor = DEPTH_VARIANTS[variant]
         session.pipeline.region_processor = processor
         started = time.perf_counter()
-        session.edit(edit.prompt, plan_box(edit.box, session.size), attention=attention)
+        session.edit(edit.prompt, pixel_box(edit.box, session.size), attention=attention)
         elapsed = time.perf_counter() - started
         session.undo()
         return elapsed

@@ -29,7 +29,7 @@ from PIL import Image
 from benchmark import detector, metrics, stats
 from benchmark import shapes_world as world
 from editor import Session
-from memory.store import write_file_atomically
+from memory import write_atomic
 from pipelines import masks
 
 ROUGH_BOX_FRACTION = (0.25, 0.45)  # of the image's area
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     plain = [{k: v for k, v in row.items() if k != "images"} for row in rows]
-    write_file_atomically(args.out / "results.json", json.dumps({"summary": summary, "edits": plain}, indent=1).encode())
-    write_file_atomically(args.out / "report.md", text.encode())
+    write_atomic(args.out / "results.json", json.dumps({"summary": summary, "edits": plain}, indent=1).encode())
+    write_atomic(args.out / "report.md", text.encode())
     contact_sheet(rows).save(args.out / "contact-sheet.png")
     return summary
 

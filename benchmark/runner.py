@@ -20,11 +20,8 @@ Layout of --out:
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from PIL import Image
 from tqdm.auto import tqdm
 
 from benchmark import metrics
 from benchmark.methods import Method, check_model, runs_on
 from benchmark.plans import Plan, fit_prompt, pixel_box
 from editor import EditSettings, Session
+from memory import png_bytes, write_atomic
 
 PSNR_DECIMALS = 4
 
@@ -61,19 +58,6 @@ class RunConfig:
 
 
 # ----------------------------------------------------------------------------------------- files
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a reader (or a resumed run) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def json_bytes(value) -> bytes:
     """Canonical JSON: sorted keys, PSNR rounded, infinity written as the string "inf" (strict JSON)."""
     return (json.dumps(_json_safe(value), indent=1, sort_keys=True) + "\n").encode()
@@ -180,25 +164,19 @@ def run_pair(pipeline, model: str, plan: Plan, method: Method, clip, out: Path) 
     except Exception as error:  # a failed pair is reported (and retried on a rerun), not fatal to the run
         record = {"status": "failed", "error": f"{type(error).__name__}: {error}", "scene": plan.name,
                   "method": method.name}
-        write_atomic(result_path, json_bytes(record))
+        write_atomic(result_path, json_bytes(record), parents=True)
         return record
     costs["peak_rss_bytes"] = metrics.peak_rss_bytes()  # the process's high-water mark so far
     costs["cuda_peak_bytes"] = torch.cuda.max_memory_allocated() if on_cuda else None
-    write_atomic(strip_path, png_bytes(strip))  # the image first: the JSON marks the pair finished
+    write_atomic(strip_path, png_bytes(strip), parents=True)  # the image first: the JSON marks the pair finished
     record = {"scene": plan.name, "method": method.name, **results, "costs": costs}
-    write_atomic(result_path, json_bytes(record))
+    write_atomic(result_path, json_bytes(record), parents=True)
     return record
 
 
 def methods_for(plan: Plan, methods: list[Method]) -> list[Method]:
     """The methods a plan runs: all of them, or LONG_METHODS for a long session (24 edits cost a lot)."""
     return [m for m in methods if runs_on(plan.meta, m.name)]
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def run_benchmark(plans: list[Plan], methods: list[Method], config: RunConfig, out: Path, *, device=None,
@@ -223,7 +201,7 @@ def run_benchmark(plans: list[Plan], methods: list[Method], config: RunConfig, o
         run = {"config": config.to_dict(), "plans": [plan.to_dict() for plan in plans],
                "methods": [{"name": m.name, "bundle": m.bundle, "settings": m.settings, "reason": m.reason}
                            for m in methods]}
-        write_atomic(out / "run.json", json_bytes(run))
+        write_atomic(out / "run.json", json_bytes(run), parents=True)
         for stale in (out / "shards").glob("process-*.json"):  # from an earlier run, maybe with more processes
             stale.unlink()
     state.wait_for_everyone()
@@ -245,5 +223,5 @@ def run_benchmark(plans: list[Plan], methods: list[Method], config: RunConfig, o
     # 4. This process's shard of run-level costs
     shard = {"process": state.process_index, "processes": state.num_processes, "pairs_run": ran,
              "seconds": time.perf_counter() - started, "peak_rss_bytes": metrics.peak_rss_bytes()}
-    write_atomic(out / "shards" / f"process-{state.process_index}.json", json_bytes(shard))
+    write_atomic(out / "shards" / f"process-{state.process_index}.json", json_bytes(shard), parents=True)
     return failures

@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from memory import LayerRecord, load_project
-from memory.store import write_file_atomically  # moving to memory/files.py; import from there once it has
+from memory import LayerRecord, load_project, write_atomic
 
 FORMAT = "layered-edit export"
 FORMAT_VERSION = 1
@@ -63,7 +62,7 @@ def export_layers(path: str | os.PathLike[str], layers: Sequence[LayerRecord], m
         raise ValueError("nothing to export: the session has no layers yet")
     data = WRITERS[path.suffix.lower()](layers, meta)
     try:
-        write_file_atomically(path, data)
+        write_atomic(path, data)
     except OSError as error:
         message = f"could not export to {path}: {error.strerror or error}; no file was written"
         raise (OSError(error.errno, message) if error.errno else OSError(message)) from error

@@ -12,7 +12,6 @@ record takes them as given (no copy, so values stay bit-identical) and nobody ma
 from __future__ import annotations
 
 import dataclasses
-import json
 import operator
 from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
@@ -20,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from memory.files import json_copy
 
 LAYER_KINDS = ("background", "edit")
 
@@ -105,14 +106,6 @@ class LayerRecord:
         if mask.size and (mask.min() < 0.0 or mask.max() > 1.0):
             raise ValueError(f"mask must lie in [0, 1], got range [{mask.min()}, {mask.max()}]")
 
-    def fingerprint_matches(self, other_schedule: Sequence[Any]) -> bool:
-        """True when `other_schedule` (scheduler name, timesteps) visits exactly this layer's timesteps.
-
-        Only then can BCG index this layer's trajectory step by step; otherwise the pipeline falls back to
-        re-noising the previous final latent.
-        """
-        return normalise_schedule(other_schedule) == self.schedule
-
     def buffers(self) -> Iterator[torch.Tensor | np.ndarray]:
         """Every tensor and array the record holds, so memory accounting can count shared buffers once."""
         yield self.prompt_embeds
@@ -170,13 +163,7 @@ def buffer_nbytes(buffer: torch.Tensor | np.ndarray) -> int:
 
 def _frozen_json(name: str, value: Mapping[str, Any]) -> Mapping[str, Any]:
     """A read-only copy of a JSON-serialisable mapping, in exactly the form a save/load round trip gives."""
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{name} must be a mapping, got {type(value).__name__}")
-    try:
-        text = json.dumps(dict(value), allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be JSON-serialisable (no NaN or infinity): {error}") from None
-    return MappingProxyType(json.loads(text))
+    return MappingProxyType(json_copy(name, value))
 
 
 def _cpu_tensor(name: str, value: Any) -> torch.Tensor:

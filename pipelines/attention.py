@@ -9,9 +9,9 @@ maps are computed once per attention resolution per edit (ROUTING_MODES: by majo
 reference code's erode-current/dilate-earlier). The call groups queries by region so each attends
 only to its region's tokens: its cost stays about twice plain cross-attention however many layers
 pile up, and a region hidden at a resolution costs nothing there.
-Self-attention is left alone, so a new object still sees its surroundings. A text mask the denoiser
-passes (T5 families: padding tokens, as diffusers' additive bias) joins each bucket's keys, so padding
-never receives weight either.
+Self-attention is left alone, so a new object still sees its surroundings. A text mask the denoiser passes
+(T5 families: padding tokens, as diffusers' additive bias) is applied to each bucket's keys, so padding never
+receives weight either.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class RegionMaps:
     """Which prompt tokens each query may attend to, per attention resolution, built once per edit."""
 
     def __init__(self, owners: np.ndarray, count: int, tokens_per_region: int, latent_size: tuple[int, int],
-                 routing: str = "majority", grids: dict[int, tuple[int, int]] | None = None):
+                 grids: dict[int, tuple[int, int]] | None = None, routing: str = "majority"):
         if routing not in ROUTING_MODES:
             raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
         self.owners, self.count, self.tokens = owners, count, tokens_per_region
@@ -93,8 +93,8 @@ class RegionMaps:
 
     @classmethod
     def from_masks(cls, region_masks: Sequence[np.ndarray], tokens_per_region: int, latent_size: tuple[int, int],
-                   routing: str = "majority", grids: dict[int, tuple[int, int]] | None = None):
-        return cls(owner_map(region_masks), len(region_masks), tokens_per_region, latent_size, routing, grids)
+                   grids: dict[int, tuple[int, int]] | None = None, routing: str = "majority"):
+        return cls(owner_map(region_masks), len(region_masks), tokens_per_region, latent_size, grids, routing)
 
     def query_owners(self, query_length: int) -> torch.Tensor:
         """Region index of every query token of an attention layer with `query_length` queries."""
@@ -226,7 +226,8 @@ def text_bias(attention_mask: torch.Tensor | None, batch: int, keys: int) -> tor
 
 
 def with_bias(allowed: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """The region mask alone (boolean), or with a text bias: the bias where allowed, -inf elsewhere."""
+    """A boolean region mask alone, or with a text bias: the bias where allowed, -inf elsewhere (for processors
+    that attend over all regions' tokens with a mask, as training/regional.py's)."""
     if bias is None:
         return allowed
     return torch.where(allowed, bias.to(dtype), torch.tensor(float("-inf"), dtype=dtype, device=bias.device))
@@ -234,11 +235,11 @@ def with_bias(allowed: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dty
 
 class RegionalAttnProcessor(RegionalProcessorBase):
     """MQD in one fused call: queries grouped by region (RegionMaps.buckets), each bucket attending to
-    its own region's prompt tokens only, in one scaled-dot-product attention call without a region mask
-    (a text mask, where the family pads its prompts, is sliced per bucket).
+    its own region's prompt tokens only, in one scaled-dot-product attention call without a mask.
 
     The same result as one attention over all prompts' tokens with a region mask (masked tokens get
-    zero weight), at the cost of about two plain cross-attentions instead of one per region.
+    zero weight), at the cost of about two plain cross-attentions instead of one per region. A text mask
+    (`bias`) is sliced the same way: each bucket gets its region's tokens' bias as the call's mask.
     """
 
     def __init__(self, maps: RegionMaps):
@@ -256,9 +257,9 @@ class RegionalAttnProcessor(RegionalProcessorBase):
             self._bucket_keys[(id(key), length)] = cached
         grouped = query[:, :, slots].flatten(1, 2)  # [B, heads * G, S, dim]
         mask = None
-        if bias is not None:  # each bucket's own region's slice of the text bias [B, 1, 1, K]
-            per_bucket = bias.view(batch, 1, self.maps.count, 1, self.maps.tokens)[:, :, regions]
-            mask = per_bucket.expand(-1, heads, -1, -1, -1).flatten(1, 2).to(query.dtype)
+        if bias is not None:  # [B, 1, 1, regions * tokens] -> [B, heads * G, 1, tokens], ordered as `grouped`
+            per_bucket = bias.view(batch, self.maps.count, self.maps.tokens)[:, regions].to(query.dtype)
+            mask = per_bucket[:, None, :, None].expand(batch, heads, -1, 1, -1).flatten(1, 2)
         out = F.scaled_dot_product_attention(grouped, cached[1], cached[2], attn_mask=mask)
         return out.view(batch, heads, -1, out.shape[-1])[:, :, position]
 

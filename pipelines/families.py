@@ -112,12 +112,6 @@ class TextConditioning:
                    torch.cat([item.full_mask() for item in items]) if masked else None,
                    None if any(p is None for p in pooled) else torch.cat(pooled))
 
-    def expand(self, rows: int) -> TextConditioning:
-        """One prompt repeated over `rows` batch rows."""
-        return TextConditioning(self.embeds.expand(rows, -1, -1),
-                                None if self.attention_mask is None else self.attention_mask.expand(rows, -1),
-                                None if self.pooled is None else self.pooled.expand(rows, -1))
-
 
 # --------------------------------------------------------------------------------------------- the interface
 class ModelFamily:
@@ -397,7 +391,7 @@ class PixArtAlpha(ModelFamily):
 
 
 FAMILIES: tuple[type[ModelFamily], ...] = (StableDiffusion, StableDiffusionXL, PixArtAlpha)
-# model_index.json denoiser classes the editor loads, and how it names the ones it cannot run yet.
+# The denoiser classes (and their model_index.json slot) of the families above.
 SUPPORTED_DENOISERS = {"UNet2DConditionModel": "unet", "PixArtTransformer2DModel": "transformer",
                        "SD3Transformer2DModel": "transformer", "FluxTransformer2DModel": "transformer"}
 

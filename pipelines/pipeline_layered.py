@@ -14,7 +14,6 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,19 +24,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from . import bcg
 from .bcg import BackgroundMemory
 from .compositing import composite
-from .attention import ROUTING_MODES, RegionalAttnProcessor, RegionMaps, resolve_attention
+from .attention import RegionalAttnProcessor, RegionMaps, resolve_attention
+from .call_inputs import CALLBACK_TENSOR_INPUTS, EditRegion, LayeredPipelineOutput, check_settings
 from .families import ModelFamily, TextConditioning, family_class, identity_mismatch
-from .guidance import GUIDANCE_MODES, NEGATIVE_PROMPT_ERROR, GuidanceAdapter
-from .masks import BCG_MASKS, bcg_latent_mask, latent_mask
+from .guidance import NEGATIVE_PROMPT_ERROR, GuidanceAdapter
+from .masks import bcg_latent_mask, latent_mask
 from .schedulers import initial_sigma, make_scheduler, scale_model_input, schedule_fingerprint
-from .tight import MASK_FITS, ObjectTracker, object_pixels, soft_object_mask
-
-PRESERVE_MODES = ("pixels", "latents")
-# "memory": BCG follows the layer below's stored trajectory; "renoise": the blended-latent baseline
-# re-encodes the previous image and noises it to each step (no memory; used for ablations).
-BACKGROUND_SOURCES = ("memory", "renoise")
-CALLBACK_TENSOR_INPUTS = ("latents",)
-
+from .tight import ObjectTracker, object_pixels, soft_object_mask
 
 def serialized(method):
     """Run a pipeline method under the pipeline's lock: MQD swaps the denoiser's processors for a call."""
@@ -46,42 +39,6 @@ def serialized(method):
         with self._call_lock:
             return method(self, *args, **kwargs)
     return locked
-
-
-@dataclass(frozen=True)
-class EditRegion:
-    """What an edit needs from the layer below it, as plain arrays and tensors."""
-
-    region: np.ndarray  # bool HxW: where the new content may appear
-    soft_mask: np.ndarray  # float32 HxW in [0, 1], 0 outside `region`: pixel composite weights
-    previous_image: np.ndarray  # uint8 HxWx3
-    previous_trajectory: Sequence[torch.Tensor]  # latent after each step of the layer below
-    previous_schedule: tuple  # that trajectory's schedule fingerprint
-    background: str = "memory"  # see BACKGROUND_SOURCES
-    # MQD: the earlier visible layers, back to front, as (their prompt's TextConditioning, bool HxW mask);
-    # the first is the background (its mask is the whole image).
-    earlier_regions: Sequence[tuple[TextConditioning, np.ndarray]] = ()
-    # "tight": find the object while denoising; BCG and the pixel composite keep the old background inside
-    # the region too, apart from a `feather_px` soft edge around the object. "whole": repaint the whole region.
-    mask_fit: str = "tight"
-    feather_px: int = 2
-
-
-@dataclass
-class LayeredPipelineOutput:
-    """One layer's result: the image and everything the memory keeps for later edits."""
-
-    image: np.ndarray  # uint8 HxWx3, after the pixel composite
-    decoded: np.ndarray  # uint8 HxWx3, the VAE's output before compositing
-    trajectory: list[torch.Tensor]  # fp16 CPU, the latent after each step (after blending)
-    schedule: tuple
-    prompt_embeds: torch.Tensor  # fp16 CPU
-    negative_prompt_embeds: torch.Tensor | None  # fp16 CPU, None when CFG was off
-    info: dict = field(default_factory=dict)
-    # the rest of both prompts' TextConditioning (token masks, pooled embeddings), named as TextConditioning.storage
-    extra_tensors: dict = field(default_factory=dict)
-    # float32 HxW: the soft mask the edit painted through (the object's when tight); None for a background
-    mask: np.ndarray | None = None
 
 
 class LayeredPipeline(DiffusionPipeline):
@@ -158,28 +115,12 @@ class LayeredPipeline(DiffusionPipeline):
             raise TypeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
         for text, name in ((prompt, "prompt"), (negative_prompt, "negative_prompt")):
             self.check_prompt_length(text, name)
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if not np.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         multiple = self.family.size_multiple
         if height % multiple or width % multiple:
             raise ValueError(f"height and width must be multiples of {multiple} for {self.family.label}, got "
                              f"{width}x{height}")
-        if not 0.0 <= free_steps_ratio <= 1.0:
-            raise ValueError(f"free_steps_ratio must be in [0, 1], got {free_steps_ratio!r}")
-        if preserve not in PRESERVE_MODES:
-            raise ValueError(f"preserve must be one of {PRESERVE_MODES}, got {preserve!r}")
-        unknown = set(callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSOR_INPUTS)
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs may hold {CALLBACK_TENSOR_INPUTS}, got {sorted(unknown)}")
-        resolve_attention(attention)  # raises for an unknown mode
-        if bcg_mask not in BCG_MASKS:
-            raise ValueError(f"bcg_mask must be one of {tuple(BCG_MASKS)}, got {bcg_mask!r}")
-        if region_routing not in ROUTING_MODES:
-            raise ValueError(f"region_routing must be one of {ROUTING_MODES}, got {region_routing!r}")
-        if guidance not in GUIDANCE_MODES:
-            raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
+        check_settings(num_inference_steps, guidance_scale, free_steps_ratio, preserve, attention, guidance, bcg_mask,
+                       region_routing, callback_on_step_end_tensor_inputs)
         if scheduler not in self.family.schedulers:
             raise ValueError(f"{self.family.label} samples with {self.family.schedulers}, not {scheduler!r}")
         if guidance == "cfg" and guidance_scale > 1.0 and self.family.native_guidance:
@@ -198,13 +139,7 @@ class LayeredPipeline(DiffusionPipeline):
             else:
                 self.guidance_adapter.check_scale(guidance_scale)
         if edit is not None:
-            if edit.background not in BACKGROUND_SOURCES:
-                raise ValueError(f"background must be one of {BACKGROUND_SOURCES}, got {edit.background!r}")
-            if edit.mask_fit not in MASK_FITS:
-                raise ValueError(f"mask_fit must be one of {MASK_FITS}, got {edit.mask_fit!r}")
-            expected = (height, width)
-            if edit.region.shape != expected or edit.soft_mask.shape != expected or edit.previous_image.shape[:2] != expected:
-                raise ValueError(f"edit masks and previous image must be {width}x{height}")
+            edit.check(height, width)
 
     def check_prompt_length(self, text: str, name: str = "prompt") -> None:
         """A prompt longer than the text encoder's window is an error, not a silent truncation."""
@@ -294,8 +229,9 @@ class LayeredPipeline(DiffusionPipeline):
             free_steps_ratio: share of final steps run without BCG so the object's boundary harmonises.
             preserve: "pixels" keeps the previous pixels outside the edit's soft mask bit-identical;
                 "latents" returns the decoded image as it is (the paper's behaviour).
-            attention: "mqd" routes each region's queries to its own layer's prompt; "qd" splits current
-                prompt vs background prompt; "bcg" is plain cross-attention.
+            attention: "mqd" routes each region's queries to its own layer's prompt; "qd-background" and
+                "qd-previous" split the edit's prompt vs one earlier prompt (see attention.ATTENTION_MODES);
+                "bcg" is plain cross-attention.
             guidance: "cfg" (a batch of 2 per step) or "distilled" (a batch of 1 with the guidance adapter).
             callback_on_step_end: diffusers' callback `(pipeline, step, timestep, tensors) -> tensors`,
                 called after BCG; it may return replaced "latents".
@@ -359,7 +295,7 @@ class LayeredPipeline(DiffusionPipeline):
         maps = None
         if regions:
             maps = RegionMaps.from_masks([mask for _, mask in regions], text.tokens // len(regions), latent_size,
-                                         region_routing, self.family.token_grids(latent_size))
+                                         self.family.token_grids(latent_size), region_routing)
         # CFG's unconditional row (row 0) hears the plain null prompt in every region
         routing = self.family.attention_routing(maps, text, self.region_processor, (0,) if do_cfg else (),
                                                 latent_size)

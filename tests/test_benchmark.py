@@ -21,19 +21,13 @@ from benchmark.report import CLIP_SKIPPED, merge
 from benchmark.runner import RunConfig, json_bytes, run_benchmark, run_plan
 from editor import EditSettings, Session
 from shapes_oracle import OracleSession
-from tiny_models import save_tiny_pipeline
 
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def pipeline(model_dir):
-    pipeline = Session.from_pretrained(model_dir).pipeline
+def pipeline(tiny_model_dir):
+    pipeline = Session.from_pretrained(tiny_model_dir).pipeline
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -284,8 +278,8 @@ def test_boxes_scale_x_by_width_and_y_by_height():
     assert pixel_box((0.25, 0.5, 0.75, 1.0), (64, 32)) == (16, 16, 48, 32)
 
 
-def test_a_left_half_box_covers_the_left_half_of_a_non_square_session(pipeline, model_dir):
-    session = Session(pipeline, model=str(model_dir), defaults=EditSettings(num_inference_steps=STEPS))
+def test_a_left_half_box_covers_the_left_half_of_a_non_square_session(pipeline, tiny_model_dir):
+    session = Session(pipeline, model=str(tiny_model_dir), defaults=EditSettings(num_inference_steps=STEPS))
     plan = Plan(name="wide", background="a sky background", seed=3, size=(64, 32),
                 edits=(Edit(prompt="a red star", box=(0.0, 0.0, 0.5, 1.0)),))
     results, _, strip = run_plan(session, plan)
@@ -385,9 +379,9 @@ def _bench(model_dir, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def bench_out(model_dir, tmp_path_factory):
+def bench_out(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert _bench(model_dir, out) == 0
+    assert _bench(tiny_model_dir, out) == 0
     return out
 
 
@@ -426,17 +420,17 @@ def test_one_command_writes_results_costs_report_sheets_and_plots(bench_out):
         assert (bench_out / file).stat().st_size > 0
 
 
-def test_a_rerun_recomputes_only_the_missing_scene(model_dir, bench_out):
+def test_a_rerun_recomputes_only_the_missing_scene(tiny_model_dir, bench_out):
     before = (bench_out / "results.json").read_bytes()
     files = sorted((bench_out / "scenes").glob("*/*.json"))
     untouched = {f: f.stat().st_mtime_ns for f in files[1:]}
     files[0].unlink()  # an interrupted run: one (scene, method) pair is missing
-    assert _bench(model_dir, bench_out) == 0
+    assert _bench(tiny_model_dir, bench_out) == 0
     assert files[0].is_file()
     assert {f: f.stat().st_mtime_ns for f in files[1:]} == untouched
     assert (bench_out / "results.json").read_bytes() == before
     with pytest.raises(ValueError, match="another run"):
-        run_benchmark([], [], RunConfig(str(model_dir), "shapes", STEPS + 1, 0, None), bench_out)
+        run_benchmark([], [], RunConfig(str(tiny_model_dir), "shapes", STEPS + 1, 0, None), bench_out)
 
 
 class _Process:
@@ -454,11 +448,11 @@ class _Process:
         pass
 
 
-def test_two_processes_give_the_same_results_as_one(model_dir, bench_out, tmp_path):
+def test_two_processes_give_the_same_results_as_one(tiny_model_dir, bench_out, tmp_path):
     plans = with_seeds([shapes_plan(0, 0), shapes_plan(0, 1)] + long_shapes_plans(0, 1), 1)
     defaults = EditSettings(num_inference_steps=STEPS)
     methods = select("naive,bcg,full,distilled", defaults)
-    config = RunConfig(str(model_dir), "shapes", STEPS, 0, None, seeds=1, long_sessions=1)
+    config = RunConfig(str(tiny_model_dir), "shapes", STEPS, 0, None, seeds=1, long_sessions=1)
     for index in (0, 1):  # in a real run they overlap; wait_for_everyone orders the steps that matter
         run_benchmark(plans, methods, config, tmp_path, device="cpu", state=_Process(index, 2))
     merge(tmp_path)
@@ -488,9 +482,9 @@ def _tiny_clip(folder):
     return folder
 
 
-def test_clip_crop_score_reads_a_local_clip_folder(tmp_path, pipeline, model_dir):
+def test_clip_crop_score_reads_a_local_clip_folder(tmp_path, pipeline, tiny_model_dir):
     score = metrics.ClipCropScore(_tiny_clip(tmp_path))
-    session = Session(pipeline, model=str(model_dir), defaults=EditSettings(num_inference_steps=STEPS))
+    session = Session(pipeline, model=str(tiny_model_dir), defaults=EditSettings(num_inference_steps=STEPS))
     plan = Plan(name="clip", background="a sky background", seed=1,
                 edits=(Edit(prompt="a red star", box=(0.1, 0.1, 0.6, 0.6), clip_text="an image of a red star in "
                             "the sky, far longer than this tiny clip's window of sixteen tokens"),))

@@ -31,17 +31,24 @@ from benchmark.cli import main as bench_main
 from editor import EditSettings, Session
 from memory import ProjectError
 from pipelines import TextConditioning, UnsupportedModelError, masks
-from pipelines import guidance as G
-from pipelines.attention import RegionalAttnProcessor
+from pipelines.guidance import load_guidance_adapter
+from pipelines.attention import (
+    RegionalAttnProcessor,
+    RegionLoopAttnProcessor,
+    RegionMaps,
+)
 from pipelines.families import (
     PixArtAlpha,
     StableDiffusion,
     StableDiffusionXL,
     check_model_index,
 )
-from training import distill as D
+from pipelines.guidance_format import EMBEDDING_DIM, attach_guidance_adapter, read_guidance_config
+from training.distill import DistillConfig, distill, list_prompts, student_output
+from training.distill.data import encode_prompts
 from training.__main__ import main as training_main
-from ui import app, controls
+from ui import app
+from ui.controls import SETTING_CONTROLS
 
 STEPS = 4
 SIZE = (IMAGE_SIZE, IMAGE_SIZE)
@@ -90,9 +97,21 @@ def union_of(boxes) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the family is read from the folder
+PUBLISHED_INDEX = {  # what the published folders' model_index.json add to the components
+    "sd": {"_class_name": "StableDiffusionPipeline", "safety_checker": [None, None],
+           "feature_extractor": [None, None], "requires_safety_checker": False},
+    "sdxl": {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
+             "feature_extractor": [None, None], "image_encoder": [None, None]},
+    "pixart": {"_class_name": "PixArtAlphaPipeline"},
+}
+
+
 @pytest.mark.parametrize("name", ["sd", "sdxl", "pixart"])
 def test_the_family_is_read_from_the_components(name, tmp_path):
     folder = save_tiny_family(tmp_path / name, name)
+    index = json.loads((folder / "model_index.json").read_text())
+    index = {key: value for key, value in index.items() if value != [None, None]}  # as published: no empty slots
+    (folder / "model_index.json").write_text(json.dumps({**index, **PUBLISHED_INDEX[name]}))
     check_model_index(folder)
     pipeline = Session.from_pretrained(folder, device="cpu").pipeline
     assert type(pipeline.family) is FAMILY_CLASSES[name]
@@ -241,12 +260,14 @@ def test_start_from_a_photo_then_edit(pipeline, model_dir):
 
 # ---------------------------------------------------------------- MQD, measured inside the processor
 def test_queries_put_zero_weight_on_other_regions_and_on_padding_tokens(session, family, monkeypatch):
+    """The attention call the fused processor makes, rebuilt as weights over all regions' tokens: each query's
+    weight lies on its own region's real tokens only (the bucket's keys are that region's, padding is masked)."""
     session.edit("a blue circle", (0, 0, 16, 32))
     region_prompts = ["a grass background", "a blue circle", "a red star"]
     calls, real_sdpa, real_attend = [], F.scaled_dot_product_attention, RegionalAttnProcessor.attend
 
     def attend(processor, query, key, value, bias=None):
-        calls.append({"maps": processor.maps, "length": query.shape[2], "heads": query.shape[1]})
+        calls.append({"maps": processor.maps, "length": query.shape[2], "all_keys": key})
         return real_attend(processor, query, key, value, bias)
 
     def sdpa(query, key, value, attn_mask=None, **kwargs):
@@ -268,37 +289,46 @@ def test_queries_put_zero_weight_on_other_regions_and_on_padding_tokens(session,
     key_owner = torch.arange(3).repeat_interleave(tokens)
     assert calls and {call["query"].shape[0] for call in calls} == {2}  # CFG: [uncond, cond]
     for call in calls:
-        weights = full_weights(call)
-        owners = call["maps"].query_owners(call["length"])
+        query, key, mask, all_keys = call["query"], call["key"], call["mask"], call["all_keys"]
+        batch, heads, length = all_keys.shape[0], all_keys.shape[1], call["length"]
+        regions, slots, position = call["maps"].buckets(length, torch.device("cpu"))
+        for bucket, region in enumerate(regions.tolist()):  # a bucket's keys are its region's tokens, no other
+            torch.testing.assert_close(key.view(batch, heads, len(regions), tokens, -1)[:, :, bucket],
+                                       all_keys[:, :, region * tokens:(region + 1) * tokens], rtol=0, atol=0)
+        scores = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5
+        scores = scores if mask is None else scores + mask
+        per_query = scores.softmax(-1).view(batch, heads, -1, tokens)[:, :, position]  # [B, heads, Q, L]
+        weights = torch.zeros(batch, heads, length, 3 * tokens)
+        bucket_region = regions[position // slots.shape[1]]
+        for region in range(3):
+            chosen = bucket_region == region
+            weights[:, :, chosen, region * tokens:(region + 1) * tokens] = per_query[:, :, chosen]
+        owners = call["maps"].query_owners(length)
         for region in range(3):
             rows = weights[:, :, owners == region]
-            assert rows.shape[2] > 0, f"region {region} has no queries on a {query.shape[2]}-token grid"
+            assert rows.shape[2] > 0, f"region {region} has no queries on a {length}-token grid"
             own = key_owner == region
             assert torch.all(rows[1][..., ~(own & valid)] == 0), "cond: another region's token or padding"
             assert torch.all(rows[0][..., ~(own & negative)] == 0), "uncond: not the plain negative prompt"
             torch.testing.assert_close(rows.sum(-1), torch.ones_like(rows.sum(-1)))
 
 
-def full_weights(call) -> torch.Tensor:
-    """[B, heads, Q, regions * L]: the weights the fused call gave, spread back over every prompt token.
-
-    The fused call groups queries into buckets by region and gives each bucket its region's tokens as keys (the
-    other regions' tokens are not keys at all: their weight is zero by construction); its mask, when there is
-    one, is the text mask's slice for that region.
-    """
-    maps, heads, length = call["maps"], call["heads"], call["length"]
-    regions, slots, position = maps.buckets(length, torch.device("cpu"))
-    query, key, mask = call["query"], call["key"], call["mask"]  # [B, heads * G, S, d], [B, heads * G, L, d]
-    scores = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    per_query = scores.softmax(-1).view(query.shape[0], heads, -1, maps.tokens)[:, :, position]  # [B, heads, Q, L]
-    region_of_query = regions[position // slots.shape[1]]
-    full = torch.zeros(query.shape[0], heads, length, maps.count * maps.tokens)
-    for region in range(maps.count):
-        chosen = region_of_query == region
-        full[:, :, chosen, region * maps.tokens:(region + 1) * maps.tokens] = per_query[:, :, chosen]
-    return full
+def test_the_fused_call_equals_the_per_region_loop_with_a_text_mask(pipeline):
+    """Checked on each family's own cross-attention layers and token grids, with T5-style padding."""
+    torch.manual_seed(0)
+    regions = [np.ones((16, 16), bool), np.zeros((16, 16), bool), np.zeros((16, 16), bool)]
+    regions[1][:, :8], regions[2][4:12, 4:12] = True, True
+    maps = RegionMaps.from_masks(regions, 5, (16, 16), pipeline.family.token_grids((16, 16)))
+    attention_layers = [module for name, module in pipeline.denoiser.named_modules() if name.endswith("attn2")]
+    real = torch.tensor([[1, 1, 0, 0, 0] * 3, [1, 1, 1, 1, 0] * 3], dtype=torch.bool)
+    bias = ((1 - real.float()) * -10000.0)[:, None]  # as diffusers hands a text mask to cross-attention
+    for queries in maps.grids:
+        attn = attention_layers[0]
+        hidden = torch.randn(2, queries, attn.to_q.in_features)
+        context = torch.randn(2, 15, attn.to_k.in_features)
+        fused = RegionalAttnProcessor(maps)(attn, hidden, encoder_hidden_states=context, attention_mask=bias)
+        loop = RegionLoopAttnProcessor(maps)(attn, hidden, encoder_hidden_states=context, attention_mask=bias)
+        assert (fused - loop).abs().max().item() < 1e-5
 
 
 def test_only_cross_attention_is_routed_and_processors_come_back_after_an_edit_that_raises(session):
@@ -370,6 +400,7 @@ def test_the_paper_preset_is_the_official_codes_settings():
     assert (paper.scheduler, paper.num_inference_steps, paper.guidance_scale, paper.free_steps_ratio) == (
         "dpm++", 20, 7.5, 0.2)
     assert (paper.mask_fit, paper.mask_feather, paper.mask_dilation, paper.negative_prompt) == ("whole", 0, 0, "")
+    assert (paper.bcg_mask, paper.routing) == ("binary", "erode-dilate")
     assert EditSettings.preset("default") == EditSettings()
     with pytest.raises(ValueError, match="unknown preset"):
         EditSettings.preset("fast")
@@ -381,20 +412,20 @@ def test_distilled_guidance_trains_saves_and_loads_on_every_family(family, model
     training_main(["distill", "--model", str(model_dir), "--out", str(tmp_path / "guidance"), "--steps", "2",
                    "--batch-size", "2", "--rank", "4", "--lr", "0.01", "--prompts", str(tmp_path / "prompts.txt"),
                    "--state", str(tmp_path / "state"), "--device", "cpu"])
-    meta = G.read_guidance_config(tmp_path / "guidance")
+    meta = read_guidance_config(tmp_path / "guidance")
     assert meta["steps"] == 2 and meta["family"] == FAMILY_CLASSES[family].name
 
     # the live student, as training left it, against the same adapter loaded (fused) into a fresh pipeline
     student = Session.from_pretrained(model_dir, device="cpu", guidance_adapter=False).pipeline
-    G.attach_guidance_adapter(student.denoiser, tmp_path / "guidance")
+    attach_guidance_adapter(student.denoiser, tmp_path / "guidance")
 
     loaded = Session.from_pretrained(model_dir, device="cpu", guidance_adapter=tmp_path / "guidance").pipeline
     plain = Session.from_pretrained(model_dir, device="cpu", guidance_adapter=False).pipeline
     latents, t = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([900, 300])
-    cond = D.encode_prompts(student, ["a red star", "a blue circle"])
+    cond = encode_prompts(student, ["a red star", "a blue circle"])
     adapter = loaded.guidance_adapter
     with torch.no_grad():
-        live = D.student_output(student.family, latents, t, cond, torch.full((2,), 4.0), G.EMBEDDING_DIM)
+        live = student_output(student.family, latents, t, cond, torch.full((2,), 4.0), EMBEDDING_DIM)
         with adapter.applied(4.0):  # the fused adapter of the loaded pipeline = the live student of training
             fused = loaded.family.predict(latents, t, loaded.family.unpack_text(cond),
                                           timestep_cond=adapter.embedding(4.0, 2, latents.device, latents.dtype))
@@ -411,13 +442,13 @@ def test_distilled_guidance_trains_saves_and_loads_on_every_family(family, model
 
     other = tiny_family_pipeline("pixart" if family == "sdxl" else "sdxl")
     with pytest.raises(ValueError, match=f"trained on a '{student.family.name}' model"):
-        G.load_guidance_adapter(other, tmp_path / "guidance")
+        load_guidance_adapter(other, tmp_path / "guidance")
 
 
 def test_a_checkpoint_that_cannot_take_an_adapter_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="inpainting UNet"):
-        D.distill(tiny_pipeline(in_channels=9), tmp_path / "guidance", D.DistillConfig(steps=1),
-                  D.list_prompts(["a red star"]), progress=False)
+        distill(tiny_pipeline(in_channels=9), tmp_path / "guidance", DistillConfig(steps=1),
+              list_prompts(["a red star"]), progress=False)
 
 
 # ---------------------------------------------------------------- the benchmark and the UI start on every family
@@ -439,7 +470,7 @@ def test_the_ui_starts_and_paints_on_every_family(pipeline, model_dir):
     demo = app.build_app(pipeline, model=str(model_dir))
     _, url, _ = app.launch_app(demo, host="127.0.0.1", port=None, prevent_thread_lock=True, quiet=True)
     try:
-        values = {name: getattr(EditSettings(), name, "cfg") for name in controls.SETTING_CONTROLS}
+        values = {name: getattr(EditSettings(), name, "cfg") for name in SETTING_CONTROLS}
         values["num_inference_steps"] = 2
         result = Client(url, verbose=False).predict(prompt="a grass background", seed_mode="fixed", seed=1,
                                                     **values, api_name="/generate")

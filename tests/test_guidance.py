@@ -10,9 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 from editor import EditSettings, Session
-from pipelines import guidance as G
-from tiny_models import save_tiny_pipeline, tiny_pipeline
-from training import distill as D
+from pipelines.guidance import load_guidance_adapter
+from pipelines.guidance_format import (ADAPTER_NAME, EMBEDDING_DIM, LORA_FILE, MAX_SCALE, PROJECTION_FILE,
+                                       add_guidance_projection, attach_guidance_adapter)
+from tiny_models import tiny_pipeline
+from training.distill import (DistillConfig, add_distill_command, distill, list_prompts, run_distill_command,
+                              save_guidance_adapter, student_output)
+from training.distill.adapter import lora_config
+from training.distill.data import encode_prompts
 
 STEPS = 4
 BOX = (4, 4, 20, 20)
@@ -21,8 +26,8 @@ PROMPTS = ["a red star", "a blue circle on a grass background", "a white moon on
 
 def random_adapter(unet, rank: int = 4, seed: int = 0) -> None:
     """A live adapter whose LoRA B and projection are random (a trained adapter stands in)."""
-    G.add_guidance_projection(unet)
-    unet.add_adapter(G.lora_config(rank), adapter_name=G.ADAPTER_NAME)
+    add_guidance_projection(unet)
+    unet.add_adapter(lora_config(rank), adapter_name=ADAPTER_NAME)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in unet.named_parameters():
@@ -31,29 +36,24 @@ def random_adapter(unet, rank: int = 4, seed: int = 0) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory):
     pipeline = tiny_pipeline()
     random_adapter(pipeline.unet)
-    return G.save_guidance_adapter(pipeline.unet, tmp_path_factory.mktemp("adapter") / "guidance", base_model="tiny")
+    return save_guidance_adapter(pipeline.unet, tmp_path_factory.mktemp("adapter") / "guidance", base_model="tiny")
 
 
 @pytest.fixture(scope="module")
-def adapted(model_dir, adapter_dir):
+def adapted(tiny_model_dir, adapter_dir):
     """A Session pipeline with the adapter loaded, and one of the same model without it."""
-    with_adapter = Session.from_pretrained(model_dir, guidance_adapter=adapter_dir).pipeline
-    plain = Session.from_pretrained(model_dir).pipeline
+    with_adapter = Session.from_pretrained(tiny_model_dir, guidance_adapter=adapter_dir).pipeline
+    plain = Session.from_pretrained(tiny_model_dir).pipeline
     for pipeline in (with_adapter, plain):
         pipeline.set_progress_bar_config(disable=True)
     return with_adapter, plain
 
 
-def session_on(pipeline, model_dir) -> Session:
-    session = Session(pipeline, model=str(model_dir), defaults=EditSettings(num_inference_steps=STEPS))
+def session_on(pipeline, tiny_model_dir) -> Session:
+    session = Session(pipeline, model=str(tiny_model_dir), defaults=EditSettings(num_inference_steps=STEPS))
     session.generate("a grass background", seed=5)
     return session
 
@@ -61,7 +61,7 @@ def session_on(pipeline, model_dir) -> Session:
 def unet_input(pipeline, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn((2, 4, 16, 16), generator=generator)
-    cond = D.encode_prompts(pipeline, PROMPTS[:2])
+    cond = encode_prompts(pipeline, PROMPTS[:2])
     return latents, torch.tensor([900, 300]), cond
 
 
@@ -70,34 +70,34 @@ def test_saved_adapter_loads_back_with_identical_outputs(adapter_dir, tmp_path):
     random_adapter(live.unet)
     latents, t, cond = unet_input(live)
     loaded = tiny_pipeline()
-    adapter = G.load_guidance_adapter(loaded, adapter_dir)
-    assert loaded.has_guidance_adapter and adapter.scale_range == (1.0, G.MAX_SCALE)
+    adapter = load_guidance_adapter(loaded, adapter_dir)
+    assert loaded.has_guidance_adapter and adapter.scale_range == (1.0, MAX_SCALE)
     for scale in (2.0, 7.5):
         scales = torch.full((2,), scale)
         with torch.no_grad():
-            expected = D.student_output(live.family, latents, t, cond, scales, G.EMBEDDING_DIM)
+            expected = student_output(live.family, latents, t, cond, scales, EMBEDDING_DIM)
             with adapter.applied(scale):  # W + (s - 1) B A, vs the LoRA branch times s - 1
                 fused = loaded.unet(latents, t, encoder_hidden_states=cond,
                                     timestep_cond=adapter.embedding(scale, 2, latents.device, latents.dtype)).sample
         torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
 
     again = tiny_pipeline()  # attach (live) -> save -> same tensors on disk
-    G.attach_guidance_adapter(again.unet, adapter_dir)
-    G.save_guidance_adapter(again.unet, tmp_path / "copy")
-    for name in (G.LORA_FILE, G.PROJECTION_FILE):
+    attach_guidance_adapter(again.unet, adapter_dir)
+    save_guidance_adapter(again.unet, tmp_path / "copy")
+    for name in (LORA_FILE, PROJECTION_FILE):
         first, second = load_file(str(adapter_dir / name)), load_file(str(tmp_path / "copy" / name))
         assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
     other = tiny_pipeline()
-    G.load_guidance_adapter(other, adapter_dir)
+    load_guidance_adapter(other, adapter_dir)
     images = [p("a red star", num_inference_steps=STEPS, seed=3, guidance="distilled").image for p in (loaded, other)]
     assert np.array_equal(*images)
 
 
-def test_cfg_with_an_adapter_loaded_is_bit_identical_to_no_adapter(adapted, model_dir):
+def test_cfg_with_an_adapter_loaded_is_bit_identical_to_no_adapter(adapted, tiny_model_dir):
     with_adapter, plain = adapted
-    sessions = [session_on(pipeline, model_dir) for pipeline in (with_adapter, plain)]
-    with_distilled = session_on(with_adapter, model_dir)
+    sessions = [session_on(pipeline, tiny_model_dir) for pipeline in (with_adapter, plain)]
+    with_distilled = session_on(with_adapter, tiny_model_dir)
     with_distilled.edit("a white moon", (18, 18, 30, 30), guidance="distilled")  # adapter swapped in and out
     for session in sessions:
         session.edit("a red star", BOX)
@@ -113,24 +113,24 @@ def test_zero_initialised_adapter_is_the_teacher_before_training(tmp_path):
     latents, t, cond = unet_input(pipeline)
     with torch.no_grad():
         teacher = pipeline.unet(latents, t, encoder_hidden_states=cond).sample
-    G.add_guidance_projection(pipeline.unet)
-    pipeline.unet.add_adapter(G.lora_config(4), adapter_name=G.ADAPTER_NAME)
+    add_guidance_projection(pipeline.unet)
+    pipeline.unet.add_adapter(lora_config(4), adapter_name=ADAPTER_NAME)
     with torch.no_grad():
-        student = D.student_output(pipeline.family, latents, t, cond, torch.tensor([3.0, 9.0]), G.EMBEDDING_DIM)
+        student = student_output(pipeline.family, latents, t, cond, torch.tensor([3.0, 9.0]), EMBEDDING_DIM)
     assert torch.equal(student, teacher)
 
     # through the pipeline: the untrained adapter at any scale = the teacher's conditional branch alone
-    folder = G.save_guidance_adapter(pipeline.unet, tmp_path / "zero")
+    folder = save_guidance_adapter(pipeline.unet, tmp_path / "zero")
     fresh = tiny_pipeline()
     unguided = fresh("a red star", num_inference_steps=STEPS, seed=1, guidance_scale=1.0).image
-    G.load_guidance_adapter(fresh, folder)
+    load_guidance_adapter(fresh, folder)
     distilled = fresh("a red star", num_inference_steps=STEPS, seed=1, guidance_scale=6.0, guidance="distilled")
     assert np.array_equal(distilled.image, unguided)
 
 
-def test_distilled_edit_costs_exactly_half_the_unet_evaluations(adapted, model_dir):
+def test_distilled_edit_costs_exactly_half_the_unet_evaluations(adapted, tiny_model_dir):
     with_adapter, _ = adapted
-    session = session_on(with_adapter, model_dir)
+    session = session_on(with_adapter, tiny_model_dir)
     session.edit("a red star", BOX)
     evals = {}
     for mode in ("cfg", "distilled"):
@@ -142,9 +142,9 @@ def test_distilled_edit_costs_exactly_half_the_unet_evaluations(adapted, model_d
     assert session.layers[-1].negative_prompt_embeds is not None
 
 
-def test_negative_prompt_with_distilled_guidance_is_refused_and_session_unchanged(adapted, model_dir):
+def test_negative_prompt_with_distilled_guidance_is_refused_and_session_unchanged(adapted, tiny_model_dir):
     with_adapter, _ = adapted
-    session = session_on(with_adapter, model_dir)
+    session = session_on(with_adapter, tiny_model_dir)
     before = ([id(layer) for layer in session.layers], np.asarray(session.image).copy())
     with pytest.raises(ValueError, match="distilled guidance has no negative prompt"):
         session.edit("a red star", BOX, guidance="distilled", negative_prompt="blurry")
@@ -156,7 +156,7 @@ def test_negative_prompt_with_distilled_guidance_is_refused_and_session_unchange
     assert np.array_equal(np.asarray(session.image), before[1])
 
 
-def test_distilled_guidance_without_an_adapter_says_how_to_get_one(adapted, model_dir):
+def test_distilled_guidance_without_an_adapter_says_how_to_get_one(adapted, tiny_model_dir):
     _, plain = adapted
     assert not plain.has_guidance_adapter
     with pytest.raises(ValueError, match="load_guidance_adapter.*python -m training distill"):
@@ -165,11 +165,11 @@ def test_distilled_guidance_without_an_adapter_says_how_to_get_one(adapted, mode
         EditSettings(guidance="fast")
 
 
-def test_adapter_in_the_model_folder_loads_with_the_model(model_dir, adapter_dir, tmp_path):
+def test_adapter_in_the_model_folder_loads_with_the_model(tiny_model_dir, adapter_dir, tmp_path):
     import shutil
 
     folder = tmp_path / "model"
-    shutil.copytree(model_dir, folder)
+    shutil.copytree(tiny_model_dir, folder)
     shutil.copytree(adapter_dir, folder / "guidance")
     assert Session.from_pretrained(folder).pipeline.has_guidance_adapter
     assert not Session.from_pretrained(folder, guidance_adapter=False).pipeline.has_guidance_adapter
@@ -177,40 +177,40 @@ def test_adapter_in_the_model_folder_loads_with_the_model(model_dir, adapter_dir
 
 def test_a_few_training_steps_reduce_the_distillation_error_and_training_resumes(tmp_path):
     out, state = tmp_path / "adapter", tmp_path / "state"
-    prompts = D.list_prompts(PROMPTS)
+    prompts = list_prompts(PROMPTS)
     config = dict(rank=4, batch_size=4, lr=3e-3, warmup=1, trajectories=4, sample_steps=(3, 3), val_prompts=1,
                   data="mixed", pool=8)
-    start = D.distill(tiny_pipeline(), out, D.DistillConfig(steps=0, **config), prompts, state_dir=state,
+    start = distill(tiny_pipeline(), out, DistillConfig(steps=0, **config), prompts, state_dir=state,
                       progress=False, log=lambda _: None)
     messages = []
-    trained = D.distill(tiny_pipeline(), out, D.DistillConfig(steps=8, **config), prompts, state_dir=state,
+    trained = distill(tiny_pipeline(), out, DistillConfig(steps=8, **config), prompts, state_dir=state,
                         progress=False, log=messages.append)
     assert start["steps"] == 0 and trained["steps"] == 8
     assert trained["val_rel_error"]["mean"] < start["val_rel_error"]["mean"]
     assert messages[0].startswith(f"resuming {out} at step 0")
-    more = D.distill(tiny_pipeline(), out, D.DistillConfig(steps=9, **config), prompts, state_dir=state,
+    more = distill(tiny_pipeline(), out, DistillConfig(steps=9, **config), prompts, state_dir=state,
                      progress=False, log=messages.append)
     assert more["steps"] == 9 and "with optimizer state" in messages[-2]
 
     pipeline = tiny_pipeline()
-    G.load_guidance_adapter(pipeline, out)
+    load_guidance_adapter(pipeline, out)
     result = pipeline("a red star", num_inference_steps=STEPS, guidance="distilled", guidance_scale=4.0)
     assert result.info["unet_evals"] == STEPS
 
 
 def test_distill_command_line_parses():
     parser = argparse.ArgumentParser()
-    D.add_distill_command(parser.add_subparsers(dest="command"))
+    add_distill_command(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["distill", "--model", "some/folder", "--out", "x", "--steps", "5", "--rank", "8",
                               "--data", "noised", "--prompts", "p.txt"])
     assert (args.steps, args.rank, args.data, args.prompts) == (5, 8, "noised", "p.txt")
-    assert args.handler is D.run_distill_command
+    assert args.handler is run_distill_command
 
 
-def test_distill_speed_benchmark_prints_every_number_from_one_run(model_dir, adapter_dir, capsys):
+def test_distill_speed_benchmark_prints_every_number_from_one_run(tiny_model_dir, adapter_dir, capsys):
     from benchmark import distill_speed
 
-    result = distill_speed.main(["--model", str(model_dir), "--adapter", str(adapter_dir), "--repeats", "1",
+    result = distill_speed.main(["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--repeats", "1",
                                  "--steps", "2", "--plans", "1", "--shapes-world"])
     out = capsys.readouterr().out
     assert result["unet_evals_per_edit"] == {"cfg": 4, "distilled": 2}

@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import memory.store
+import memory.members
 from memory import (
     FORMAT_VERSION,
     LayerMemory,
@@ -150,12 +150,15 @@ def test_background_must_cover_the_whole_image():
         make_record("background", user_mask=np.zeros((SIZE, SIZE), np.uint8))
 
 
-def test_fingerprint_matches_only_the_same_scheduler_and_timesteps():
-    record = make_record()
-    assert record.fingerprint_matches(("DDIMScheduler", [750, 500, 250, 0]))
-    assert record.fingerprint_matches(("DDIMScheduler", torch.tensor([750, 500, 250, 0])))
-    assert not record.fingerprint_matches(("DDIMScheduler", [750, 500, 250, 1]))
-    assert not record.fingerprint_matches(("EulerDiscreteScheduler", [750, 500, 250, 0]))
+def test_a_record_keeps_its_schedule_in_the_form_the_pipeline_compares():
+    """BCG follows a stored trajectory only when (scheduler class, timesteps) equals the new edit's fingerprint
+    (pipelines.schedulers.schedule_fingerprint: a str and a tuple of ints), so tensors and lists are normalised."""
+    for timesteps in (torch.tensor([750, 500, 250, 0]), [750, 500, 250, 0], np.array([750, 500, 250, 0])):
+        record = make_record(schedule=("DDIMScheduler", timesteps))
+        assert record.schedule == ("DDIMScheduler", (750, 500, 250, 0))
+        assert all(type(step) is int for step in record.schedule[1])
+    with pytest.raises(ValueError, match="scheduler name"):
+        make_record(schedule=("", (750, 500, 250, 0)))
 
 
 def test_replace_makes_a_new_record_and_shares_unchanged_tensors():
@@ -448,7 +451,7 @@ def test_a_failed_save_leaves_the_previous_project_intact_and_no_temp_files(proj
     if project_path.suffix == ".lep":
         fail = (zipfile.ZipFile, "writestr", 3) if fail_at == "member" else (os, "replace", 1)
     else:
-        fail = (memory.store, "_write_synced", 3) if fail_at == "member" else (os, "rename", 2)
+        fail = (Path, "write_bytes", 3) if fail_at == "member" else (os, "rename", 2)
     _fail_on_call(monkeypatch, *fail)
 
     with pytest.raises(OSError, match="simulated"):
@@ -592,8 +595,8 @@ def test_loader_rejects_a_small_member_that_expands_past_the_size_cap(tmp_path, 
     members = directory_members(saved_directory(tmp_path))
     path = zip_members(tmp_path / "bomb.lep", {**members, "padding.bin": bytes(2_000_000)}, zipfile.ZIP_DEFLATED)
     assert path.stat().st_size < 200_000
-    monkeypatch.setattr(memory.store, "MAX_COMPRESSION_RATIO", 10**6)  # let the size cap, not the ratio, catch it
-    monkeypatch.setattr(memory.store, "MAX_PROJECT_BYTES", 1_000_000)
+    monkeypatch.setattr(memory.members, "MAX_COMPRESSION_RATIO", 10**6)  # let the size cap, not the ratio, catch it
+    monkeypatch.setattr(memory.members, "MAX_PROJECT_BYTES", 1_000_000)
     with pytest.raises(ProjectError, match="byte limit"):
         load_project(path)
 
@@ -601,14 +604,14 @@ def test_loader_rejects_a_small_member_that_expands_past_the_size_cap(tmp_path, 
 def test_loader_rejects_an_archive_over_the_size_cap(tmp_path, monkeypatch):
     path = tmp_path / "project.lep"
     save_project(path, make_stack(1), {})
-    monkeypatch.setattr(memory.store, "MAX_PROJECT_BYTES", path.stat().st_size // 2)
+    monkeypatch.setattr(memory.members, "MAX_PROJECT_BYTES", path.stat().st_size // 2)
     with pytest.raises(ProjectError, match="byte limit"):
         load_project(path)
 
 
 def test_loader_rejects_a_directory_over_the_size_cap(tmp_path, monkeypatch):
     path = saved_directory(tmp_path)
-    monkeypatch.setattr(memory.store, "MAX_PROJECT_BYTES", 4096)
+    monkeypatch.setattr(memory.members, "MAX_PROJECT_BYTES", 4096)
     with pytest.raises(ProjectError, match="byte project limit"):
         load_project(path)
 

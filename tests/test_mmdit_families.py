@@ -277,10 +277,10 @@ def test_a_joint_folder_without_its_t5_is_a_clear_error(tmp_path):
 
 
 def test_a_guidance_adapter_on_a_joint_family_is_a_clear_error(tmp_path):
-    from pipelines import guidance as G
+    from pipelines.guidance_format import add_guidance_projection
 
     with pytest.raises(UnsupportedModelError, match="FLUX-dev embeds its own guidance"):
-        G.add_guidance_projection(tiny_flux_pipeline().transformer)
+        add_guidance_projection(tiny_flux_pipeline().transformer)
 
 
 def test_the_ui_starts_on_flux_with_its_own_settings_and_paints(tmp_path):

@@ -216,7 +216,21 @@ def test_render_scene_masks_are_visible_pixels():
     assert scene.masks[0][12, 12]
 
 
-def test_many_scenes_generate():
-    """Speed sanity without a timing assert: the training loop draws scenes on the fly (~0.2 ms each)."""
+def test_many_training_scenes_are_valid_varied_and_never_held_out():
+    """What the training loop relies on when it draws scenes on the fly (~0.2 ms each), over 2000 draws."""
     scenes = _scenes(12, 2000)
-    assert len(scenes) == 2000
+    for scene in scenes:
+        assert scene.image.shape == (64, 64, 3) and scene.image.dtype == np.uint8
+        lo, hi = sw.DEFAULT_N_OBJECTS
+        assert lo <= len(scene.objects) <= hi and len(scene.masks) == len(scene.objects)
+        assert len({(o.colour, o.shape) for o in scene.objects}) == len(scene.objects)  # distinct objects
+        for obj, mask in zip(scene.objects, scene.masks):
+            assert not sw.is_held_out(obj.colour, obj.shape, scene.background)
+            rows, cols = np.nonzero(mask)
+            x0, y0, x1, y1 = obj.box
+            assert len(rows) and x0 <= cols.min() and cols.max() < x1 and y0 <= rows.min() and rows.max() < y1
+            assert np.all(scene.image[mask] == sw.COLOURS[obj.colour])  # visible pixels are the object's colour
+    drawn = [obj for scene in scenes for obj in scene.objects]
+    assert {scene.background for scene in scenes} == set(sw.BACKGROUNDS)
+    assert {obj.colour for obj in drawn} == set(sw.COLOURS) and {obj.shape for obj in drawn} == set(sw.SHAPES)
+    assert len({scene.caption for scene in scenes}) > len(scenes) // 2  # varied, not a few captions repeated

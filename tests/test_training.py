@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from benchmark import shapes_world as sw
-from training import configs as C
+from training import configs
 from training.assemble import MODEL_INDEX, assemble
-from training.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, tokenize
+from training.tokenizer import load_tokenizer, save_tokenizer, tokenize
 
 
 def test_tokenizer_roundtrip_and_length(tmp_path):
@@ -19,7 +20,7 @@ def test_tokenizer_roundtrip_and_length(tmp_path):
     rng = np.random.default_rng(0)
     caps = [sw.sample_scene(rng, n_objects=3).caption for _ in range(20)] + ["", "a red star"]
     ids = tokenize(tok, caps)
-    assert ids.shape == (len(caps), C.MAX_TOKENS) == tuple(tokenize(tok2, caps).shape)
+    assert ids.shape == (len(caps), configs.MAX_TOKENS) == tuple(tokenize(tok2, caps).shape)
     assert torch.equal(ids, tokenize(tok2, caps))
     assert tok.pad_token_id == 0 and tok.unk_token_id == 1 and tok.bos_token_id == 2 and tok.eos_token_id == 3
     assert (ids[:, 0] == tok.bos_token_id).all()
@@ -27,7 +28,7 @@ def test_tokenizer_roundtrip_and_length(tmp_path):
     for cap, row in zip(caps, ids):
         words = sw.CAPTION_TOKEN_PATTERN.findall(cap)
         n = len(words)
-        assert n + 2 <= C.MAX_TOKENS
+        assert n + 2 <= configs.MAX_TOKENS
         assert row[n + 1] == tok.eos_token_id and (row[n + 2 :] == tok.pad_token_id).all()
         assert tok.decode(row, skip_special_tokens=True).split() == words
     assert tokenize(tok, [""])[0, :2].tolist() == [2, 3]
@@ -44,34 +45,35 @@ def test_vae_and_unet_tiny_train_save_resume(tmp_path):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from training.train_unet import train_unet
-    from training.train_vae import train_vae
+    from training.train_unet import UNET_RUN, train_unet
+    from training.train_vae import VAE_RUN, train_vae
 
     out, runs = tmp_path / "model", tmp_path / "runs"
     save_tokenizer(out / "tokenizer")
     assemble(out)
     assert json.loads((out / "model_index.json").read_text()) == MODEL_INDEX
-    kw = dict(minutes=5, threads=1, batch_size=2, out_dir=out, run_dir=runs, tiny=True, eval_n=4,
-              scaling_samples=8, image_size=32, seed=0, quiet=True)
-    r = train_vae(max_steps=2, **kw)
+    run = dict(minutes=5, threads=1, out_dir=out, run_dir=runs, tiny=True, seed=0, quiet=True)
+    vae_run = replace(VAE_RUN, batch_size=2, **run)
+    kw = dict(eval_n=4, scaling_samples=8, image_size=32)
+    r = train_vae(replace(vae_run, max_steps=2), **kw)
     assert r["steps"] == 2 and np.isfinite(r["heldout_psnr"]) and r["scaling_factor"] > 0
     vae = AutoencoderKL.from_pretrained(str(out / "vae"))
     assert vae.config.scaling_factor == pytest.approx(r["scaling_factor"])
     vae.save_pretrained(str(tmp_path / "vae2"))
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     assert _outputs_equal(vae.eval(), AutoencoderKL.from_pretrained(str(tmp_path / "vae2")).eval(), x)
-    r = train_vae(max_steps=1, **kw)
+    r = train_vae(replace(vae_run, max_steps=1), **kw)
     assert r["steps"] == 3
     assert json.loads((out / "training_state.json").read_text())["vae"]["steps"] == 3
 
-    ukw = dict(minutes=5, threads=1, batch_size=4, out_dir=out, run_dir=runs, tiny=True, seed=0, pool=16,
-               refresh=2, quick_eval_n=2, quiet=True, curriculum_steps=1)
-    r = train_unet(max_steps=2, **ukw)
+    unet_run = replace(UNET_RUN, batch_size=4, **run)
+    ukw = dict(pool=16, refresh=2, quick_eval_n=2, curriculum_steps=1)
+    r = train_unet(replace(unet_run, max_steps=2), **ukw)
     assert r["steps"] == 2 and np.isfinite(r["last_loss"])
-    r = train_unet(max_steps=1, **ukw)  # resumes from runs/ (optimizer state) and continues counting
+    r = train_unet(replace(unet_run, max_steps=1), **ukw)  # resumes from runs/ (optimizer state) and continues counting
     assert r["steps"] == 3
     (runs / "unet_ckpt.pt").unlink()  # fresh machine: resumes from the committed EMA weights only
-    r = train_unet(max_steps=1, **ukw)
+    r = train_unet(replace(unet_run, max_steps=1), **ukw)
     assert r["steps"] == 4
     state = json.loads((out / "training_state.json").read_text())
     assert state["unet"]["steps"] == 4 and state["vae"]["steps"] == 3
@@ -79,7 +81,7 @@ def test_vae_and_unet_tiny_train_save_resume(tmp_path):
     # once a UNet exists, VAE training only fine-tunes the decoder: latents and scaling factor stay put
     enc_before = {k: v.clone() for k, v in AutoencoderKL.from_pretrained(str(out / "vae")).encoder.state_dict().items()}
     sf_before = AutoencoderKL.from_pretrained(str(out / "vae")).config.scaling_factor
-    r = train_vae(max_steps=1, **kw)
+    r = train_vae(replace(vae_run, max_steps=1), **kw)
     vae3 = AutoencoderKL.from_pretrained(str(out / "vae"))
     assert r["steps"] == 4 and vae3.config.scaling_factor == sf_before
     assert all(torch.equal(v, enc_before[k]) for k, v in vae3.encoder.state_dict().items())
@@ -118,7 +120,7 @@ def test_regional_training_routes_like_an_mqd_edit():
 def test_a_plain_sample_under_the_regional_processor_equals_plain_attention():
     import torch
 
-    from tests.tiny_models import tiny_pipeline
+    from tiny_models import tiny_pipeline
     from training import regional
 
     unet = tiny_pipeline().unet.eval()

@@ -6,9 +6,7 @@ The app is launched in-process on a free port; every Client is a separate browse
 from __future__ import annotations
 
 import json
-import socket
 import zipfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,105 +14,24 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-from tiny_models import IMAGE_SIZE, save_tiny_pipeline
+from tiny_models import IMAGE_SIZE
+from ui_client import (CIRCLE, SCALE, STAR, assert_changed_only_inside, box_mask, captions, edit, empty_canvas,
+                       generate, image_of, painted_canvas, settings, value)
 
 from editor import EditSettings, Session
 from ui import app, controls, errors
 from ui.canvas import canvas_value, display_scale, mask_from_canvas
-from ui.handlers import Handlers
 from ui.cli import build_parser
-
-STEPS = 2
-SCALE = display_scale((IMAGE_SIZE, IMAGE_SIZE))  # the canvas shows the 32x32 images at 16x
-STAR = (2, 3, 12, 14)  # (x0, y0, x1, y1) in image pixels, x horizontal
-CIRCLE = (18, 16, 29, 27)
-
-
-def settings(**changes) -> dict:
-    """Values for the settings controls: the defaults, with few steps so the tests are fast."""
-    values = {name: getattr(EditSettings(), name, "cfg") for name in controls.SETTING_CONTROLS}
-    values.update({"num_inference_steps": STEPS, **changes})
-    return values
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    model = save_tiny_pipeline(tmp_path_factory.mktemp("tiny-ui-model"))
-    session = Session.from_pretrained(model, device="cpu")
-    demo = app.build_app(session.pipeline, model=session.model)
-    _, url, _ = app.launch_app(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield demo, url
-    demo.close()
+from ui.handlers import Handlers
 
 
 @pytest.fixture
-def client(server):
-    return Client(server[1], verbose=False)
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def image_of(result) -> np.ndarray:
-    """The current image a view shows (the 'actual pixels' image output)."""
-    return np.asarray(Image.open(result[0]).convert("RGB"))
-
-
-def value(output):
-    """A component's new value in a result (gradio_client passes gr.update(...) through as a dict)."""
-    return output["value"] if isinstance(output, dict) and output.get("__type__") == "update" else output
-
-
-def captions(result) -> list[str]:
-    return [item["caption"] for item in result[1]]
-
-
-def box_mask(box) -> np.ndarray:
-    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
-    mask[box[1]:box[3], box[0]:box[2]] = True
-    return mask
-
-
-def painted_canvas(tmp_path: Path, result, *boxes) -> dict:
-    """An ImageEditor value as a browser sends it: the upscaled image plus an RGBA stroke layer (canvas px)."""
-    background = tmp_path / f"background-{len(list(tmp_path.iterdir()))}.png"
-    Image.fromarray(canvas_value(image_of(result))["background"]).save(background)
-    layer = np.zeros((IMAGE_SIZE * SCALE, IMAGE_SIZE * SCALE, 4), dtype=np.uint8)
-    for x0, y0, x1, y1 in boxes:
-        layer[y0 * SCALE:y1 * SCALE, x0 * SCALE:x1 * SCALE] = (255, 45, 117, 153)
-    path = tmp_path / f"stroke-{len(list(tmp_path.iterdir()))}.png"
-    Image.fromarray(layer, "RGBA").save(path)
-    return {"background": handle_file(str(background)), "layers": [handle_file(str(path))],
-            "composite": handle_file(str(background)), "id": None}
-
-
-def empty_canvas(tmp_path: Path, result) -> dict:
-    canvas = painted_canvas(tmp_path, result)
-    return {**canvas, "layers": []}
-
-
-def generate(client, prompt="a grass background", seed=3, **changes):
-    return client.predict(prompt=prompt, seed_mode="fixed", seed=seed, **settings(**changes), api_name="/generate")
-
-
-def edit(client, canvas, prompt, seed_mode="session", mask_mode="brush", box=(0, 0, 1, 1), **changes):
-    x0, y0, x1, y1 = box
-    return client.predict(canvas=canvas, prompt=prompt, seed_mode=seed_mode, seed=0, mask_mode=mask_mode,
-                          x0=x0, y0=y0, x1=x1, y1=y1, **settings(**changes), api_name="/edit")
-
-
-def assert_changed_only_inside(before, after, mask):
-    changed = (before != after).any(axis=2)
-    assert changed.any(), "the edit changed nothing"
-    assert not (changed & ~mask).any(), "pixels outside the mask changed"
+def client(ui_server):
+    return Client(ui_server[1], verbose=False)
 
 
 # ------------------------------------------------------------------------------------------ the workflow
-def test_generate_edit_undo_redo_reedit_save_and_load_is_bit_identical(client, server, tmp_path):
+def test_generate_edit_undo_redo_reedit_save_and_load_is_bit_identical(client, ui_server, tmp_path):
     background = generate(client)
     image0 = image_of(background)
     assert captions(background) == ["0: a grass background"] and value(background[2]) == 0
@@ -143,7 +60,7 @@ def test_generate_edit_undo_redo_reedit_save_and_load_is_bit_identical(client, s
 
     project = client.predict(api_name="/save")
     assert project.endswith(".lep")
-    reopened = Client(server[1], verbose=False).predict(handle_file(project), api_name="/load")
+    reopened = Client(ui_server[1], verbose=False).predict(handle_file(project), api_name="/load")
     assert np.array_equal(image_of(reopened), image3)
     assert captions(reopened) == captions(reedited)
 
@@ -214,15 +131,15 @@ def test_every_control_reaches_the_session(client, tmp_path):
     assert selected[2:4] == ("fixed", 0) and seeded[-1] == 0  # seed_mode + seed reach the Session too
 
 
-def test_generating_events_take_every_settings_control(server):
+def test_generating_events_take_every_settings_control(ui_server):
     """generate, edit, replace and start_from_image all read the same settings controls."""
-    config = server[0].config
+    config = ui_server[0].config
     inputs = {dep["api_name"]: dep["inputs"] for dep in config["dependencies"] if dep.get("api_name")}
     tail = inputs["edit"][-len(controls.SETTING_CONTROLS):]
     for name in ("generate", "replace", "start_from_image"):
         assert inputs[name][-len(controls.SETTING_CONTROLS):] == tail
     # The HTTP API names each control's parameter after its setting (clients call predict(scheduler=...)).
-    endpoints = server[0].get_api_info()["named_endpoints"]
+    endpoints = ui_server[0].get_api_info()["named_endpoints"]
     for name in ("generate", "edit", "replace", "start_from_image"):
         parameters = [parameter["parameter_name"] for parameter in endpoints[f"/{name}"]["parameters"]]
         assert parameters[-len(controls.SETTING_CONTROLS):] == list(controls.SETTING_CONTROLS)
@@ -230,9 +147,9 @@ def test_generating_events_take_every_settings_control(server):
         "canvas", "prompt", "seed_mode", "seed", "mask_mode", "x0", "y0", "x1"]
 
 
-def test_two_browser_sessions_do_not_interfere(server, tmp_path):
+def test_two_browser_sessions_do_not_interfere(ui_server, tmp_path):
     """Two clients edit at the same time; each sees exactly what a lone Session would have made."""
-    demo, url = server
+    demo, url = ui_server
     plans = {"a": (1, "a red star", STAR), "b": (2, "a blue circle", CIRCLE)}
     clients = {key: Client(url, verbose=False) for key in plans}
     backgrounds = {key: generate(clients[key], seed=plans[key][0]) for key in plans}
@@ -370,7 +287,7 @@ def test_library_warnings_become_ui_warnings(monkeypatch):
     assert shown == ["the mask covers the whole image"]
 
 
-def test_uploads_are_limited_and_the_server_binds_localhost(server):
-    demo, url = server
+def test_uploads_are_limited_and_the_server_binds_localhost(ui_server):
+    demo, url = ui_server
     assert url.startswith("http://127.0.0.1:")
     assert demo.max_file_size is not None and demo.max_file_size <= 200 * 1024**2

@@ -13,13 +13,11 @@ import io
 import os
 import re
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import save_tiny_pipeline
 
 from editor import Session
 
@@ -34,22 +32,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 STROKE = ((0.3, 0.3), (0.7, 0.35), (0.3, 0.45), (0.7, 0.5), (0.3, 0.6), (0.65, 0.68))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from ui import app
-
-    model = os.environ.get("LAYERED_EDIT_UI_MODEL") or save_tiny_pipeline(tmp_path_factory.mktemp("tiny-browser"))
-    session = Session.from_pretrained(model, device="cpu")
-    demo = app.build_app(session.pipeline, model=session.model)
-    _, url, _ = app.launch_app(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield demo, url
-    demo.close()
+def ui_model(tiny_model_dir) -> str:
+    """conftest's ui_server serves this: LAYERED_EDIT_UI_MODEL when set, else the tiny random model."""
+    return os.environ.get("LAYERED_EDIT_UI_MODEL") or str(tiny_model_dir)
 
 
 @pytest.fixture
@@ -103,10 +89,10 @@ def distance_to_segment(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.
     return np.linalg.norm(points - (a + t[:, None] * (b - a)), axis=1)
 
 
-def test_paint_a_stroke_and_edit_in_the_browser(server, page, tmp_path):
+def test_paint_a_stroke_and_edit_in_the_browser(ui_server, page, tmp_path):
     from ui.canvas import brush_size, display_scale
 
-    demo, url = server
+    demo, url = ui_server
     pipeline = demo.handlers.pipeline
     size = pipeline.default_size
     scale = display_scale(size)

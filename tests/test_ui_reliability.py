@@ -20,8 +20,7 @@ import torch
 from gradio import State
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from test_ui import CIRCLE, STAR, captions, edit, free_port, generate, image_of, painted_canvas, settings
-from tiny_models import save_tiny_pipeline
+from ui_client import CIRCLE, STAR, captions, edit, generate, image_of, painted_canvas, settings
 
 from editor import Session
 from ui import app, errors
@@ -36,27 +35,9 @@ RETRY_FOR_S = 120  # a refused click is tried again (as a user would), with back
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_model_dir):
     """(pipeline, model path) of the tiny random model, shared by every app in this module."""
-    model = save_tiny_pipeline(tmp_path_factory.mktemp("tiny-reliability-model"))
-    return Session.from_pretrained(model, device="cpu").pipeline, str(model)
-
-
-@pytest.fixture
-def start():
-    """start(pipeline, model, autosave, **launch) -> (demo, url): an app served in-process until the test ends."""
-    demos = []
-
-    def start_app(pipeline, model, autosave, **launch):
-        demo = app.build_app(pipeline, model=model, autosave=autosave)
-        _, url, _ = app.launch_app(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True,
-                                   **launch)
-        demos.append(demo)
-        return demo, url
-
-    yield start_app
-    for demo in demos:
-        demo.close()
+    return Session.from_pretrained(tiny_model_dir, device="cpu").pipeline, str(tiny_model_dir)
 
 
 def offer(client, demo) -> tuple[list[tuple[str, str]], bool]:
@@ -83,9 +64,9 @@ def only_session(demo) -> Session:
 
 
 # ------------------------------------------------------------------------------------------ autosave and restore
-def test_edits_autosave_and_a_restarted_server_restores_them_bit_identically(tiny, start, tmp_path):
+def test_edits_autosave_and_a_restarted_server_restores_them_bit_identically(tiny, launch_app, tmp_path):
     folder = tmp_path / "autosave"
-    demo, url = start(*tiny, Autosave(folder))
+    demo, url = launch_app(*tiny, Autosave(folder))
     client = Client(url, verbose=False)
     assert offer(client, demo) == ([], False)  # nothing to restore yet: the offer stays hidden
 
@@ -98,7 +79,7 @@ def test_edits_autosave_and_a_restarted_server_restores_them_bit_identically(tin
     original = only_session(demo)
     demo.close()  # the server is gone; a new one starts on the same folder
 
-    again, url = start(*tiny, Autosave(folder))
+    again, url = launch_app(*tiny, Autosave(folder))
     fresh = Client(url, verbose=False)
     choices, shown = offer(fresh, again)
     assert shown and choices == [(entry.label(), entry.id)]
@@ -117,10 +98,10 @@ def test_edits_autosave_and_a_restarted_server_restores_them_bit_identically(tin
     assert load_event and any(target[1] == "load" for target in load_event[0]["targets"])
 
 
-def test_an_interrupted_autosave_keeps_the_previous_one_and_the_edit_still_succeeds(tiny, start, tmp_path,
+def test_an_interrupted_autosave_keeps_the_previous_one_and_the_edit_still_succeeds(tiny, launch_app, tmp_path,
                                                                                     monkeypatch):
     folder = tmp_path / "autosave"
-    _, url = start(*tiny, Autosave(folder))
+    _, url = launch_app(*tiny, Autosave(folder))
     client = Client(url, verbose=False)
     star = edit(client, painted_canvas(tmp_path, generate(client, seed=6), STAR), "a red star")
     [entry] = Autosave(folder).entries()
@@ -152,7 +133,7 @@ def test_an_interrupted_autosave_keeps_the_previous_one_and_the_edit_still_succe
     assert [e.layers for e in Autosave(folder).entries()] == [3]
 
 
-def test_autosaves_are_loaded_like_untrusted_uploads(tiny, start, tmp_path):
+def test_autosaves_are_loaded_like_untrusted_uploads(tiny, launch_app, tmp_path):
     folder = tmp_path / "autosave"
     folder.mkdir()
     forged, pruned = "ab" * 16, "cd" * 16
@@ -160,7 +141,7 @@ def test_autosaves_are_loaded_like_untrusted_uploads(tiny, start, tmp_path):
     (folder / f"{forged}.json").write_text('{"layers": true, "prompt": "<b>\\u0000x</b>' + "y" * 500 + '"}')
     (folder / f"{pruned}.lep").write_bytes(b"")
     (folder / "notes.lep").write_bytes(b"not ours")  # names not of our form are neither listed nor deleted
-    demo, url = start(*tiny, Autosave(folder))
+    demo, url = launch_app(*tiny, Autosave(folder))
     client = Client(url, verbose=False)
     listed = dict((choice_id, label) for label, choice_id in offer(client, demo)[0])
     assert set(listed) == {forged, pruned}
@@ -180,7 +161,7 @@ def test_autosaves_are_loaded_like_untrusted_uploads(tiny, start, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed; CI installs it")
-def test_a_browser_sees_the_restore_offer_and_restores(tiny, start, tmp_path):
+def test_a_browser_sees_the_restore_offer_and_restores(tiny, launch_app, tmp_path):
     """gradio_client gets no layout updates, so a real page load shows the offer is visible, then hidden."""
     from playwright.sync_api import sync_playwright
 
@@ -188,7 +169,7 @@ def test_a_browser_sees_the_restore_offer_and_restores(tiny, start, tmp_path):
     session.generate("a sea background", seed=1, num_inference_steps=2)
     session.edit("a red star", STAR, num_inference_steps=2)
     Autosave(tmp_path / "autosave").save("ab" * 16, session)
-    _, url = start(*tiny, Autosave(tmp_path / "autosave"))
+    _, url = launch_app(*tiny, Autosave(tmp_path / "autosave"))
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
                                              args=["--no-sandbox", "--disable-gpu"])
@@ -240,9 +221,9 @@ def test_ui_flags_choose_the_autosave_folder(tmp_path, monkeypatch):
     assert main(["ui", "--no-autosave"]) == 0 and served["autosave"] is None
 
 
-def test_autosave_off_offers_nothing_and_writes_nothing(tiny, start, tmp_path, monkeypatch):
+def test_autosave_off_offers_nothing_and_writes_nothing(tiny, launch_app, tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_FOLDER, str(tmp_path / "never"))
-    demo, url = start(*tiny, None)
+    demo, url = launch_app(*tiny, None)
     client = Client(url, verbose=False)
     generate(client, seed=2)
     assert offer(client, demo) == ([], False)
@@ -269,9 +250,9 @@ def plan(client_index: int, size: tuple[int, int]) -> tuple[str, list[tuple[str,
     return BACKGROUNDS[client_index], edits
 
 
-def run_load_test(pipeline, model, autosave: Autosave, start, steps: int, max_queue: int) -> dict:
+def run_load_test(pipeline, model, autosave: Autosave, launch_app, steps: int, max_queue: int) -> dict:
     """CLIENTS browser sessions at once, each: generate + EDITS edits (box masks), then close. Returns numbers."""
-    demo, url = start(pipeline, model, autosave, max_queue=max_queue)
+    demo, url = launch_app(pipeline, model, autosave, max_queue=max_queue)
     handlers = demo.handlers
     [state] = [block for block in demo.blocks.values() if isinstance(block, State)]
     assert (state.time_to_live, state.delete_callback) == (SESSION_IDLE_TTL_S, handlers.session_closed)
@@ -356,17 +337,17 @@ def fast_heartbeat(monkeypatch):
     monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.2")
 
 
-def test_four_browser_sessions_at_once_keep_their_own_layers_and_free_memory_on_close(tiny, start, tmp_path,
+def test_four_browser_sessions_at_once_keep_their_own_layers_and_free_memory_on_close(tiny, launch_app, tmp_path,
                                                                                       fast_heartbeat):
-    counts = run_load_test(*tiny, Autosave(tmp_path / "autosave"), start, steps=2, max_queue=SMALL_QUEUE)
+    counts = run_load_test(*tiny, Autosave(tmp_path / "autosave"), launch_app, steps=2, max_queue=SMALL_QUEUE)
     assert counts["max_live_sessions"] == CLIENTS and counts["max_in_flight"] >= 2
 
 
 @pytest.mark.slow
-def test_load_on_the_embedded_model(start, tmp_path, fast_heartbeat):
+def test_load_on_the_embedded_model(launch_app, tmp_path, fast_heartbeat):
     """The same load test on the shipped model (~0.7 s per edit at the default 20 steps on a CPU), with the
     app's default queue: four tabs at once are never refused."""
     session = Session.from_pretrained()
-    counts = run_load_test(session.pipeline, session.model, Autosave(tmp_path / "autosave"), start,
+    counts = run_load_test(session.pipeline, session.model, Autosave(tmp_path / "autosave"), launch_app,
                            steps=session.defaults.num_inference_steps, max_queue=app.MAX_QUEUE)
     assert counts["max_live_sessions"] == CLIENTS and counts["refused"] == 0

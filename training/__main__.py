@@ -12,43 +12,54 @@ hardware and metrics in assets/embedded/training_state.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
-from . import configs as C
+from . import configs
+from .common import RunOptions
+from .train_unet import UNET_RUN
+from .train_vae import VAE_RUN
 
 
-def main(argv=None):
+RUN_FLAGS = (  # (flag, RunOptions field, type, help): what every trainer's run takes; defaults from its RunOptions
+    ("--minutes", "minutes", float, "wall-clock time budget (default %(default)s)"),
+    ("--threads", "threads", int, "torch CPU threads (default %(default)s)"),
+    ("--batch-size", "batch_size", int, "default %(default)s"),
+    ("--lr", "lr", float, "peak learning rate (default %(default)s)"),
+    ("--ckpt-minutes", "ckpt_minutes", float, "checkpoint interval (default %(default)s)"),
+    ("--max-steps", "max_steps", int, "stop after this many steps in this run"),
+    ("--out", "out_dir", str, "model folder (default %(default)s)"),
+    ("--runs", "run_dir", str, "optimizer-state folder (default %(default)s)"),
+    ("--seed", "seed", int, "default: from the clock and the step count"),
+)
+
+
+def add_run_flags(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:
+    for flag, field, kind, text in RUN_FLAGS:
+        parser.add_argument(flag, dest=field, type=kind, default=getattr(defaults, field), help=text)
+    parser.add_argument("--tiny", action="store_true", help="tiny test configs")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    def common(p, minutes, bs, lr, ckpt):
-        p.add_argument("--minutes", type=float, default=minutes, help="wall-clock time budget (default %(default)s)")
-        p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
-        p.add_argument("--batch-size", type=int, default=bs, help="default %(default)s")
-        p.add_argument("--lr", type=float, default=lr, help="peak learning rate (default %(default)s)")
-        p.add_argument("--ckpt-minutes", type=float, default=ckpt, help="checkpoint interval (default %(default)s)")
-        p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this run")
-        p.add_argument("--out", default=str(C.EMBEDDED_DIR), help="model folder (default %(default)s)")
-        p.add_argument("--runs", default=str(C.RUNS_DIR), help="optimizer-state folder (default %(default)s)")
-        p.add_argument("--tiny", action="store_true", help="tiny test configs")
-        p.add_argument("--seed", type=int, default=None)
-
     p = sub.add_parser("tokenizer", help="build the word-level tokenizer into <out>/tokenizer")
-    p.add_argument("--out", default=str(C.EMBEDDED_DIR))
+    p.add_argument("--out", default=str(configs.EMBEDDED_DIR))
     p = sub.add_parser("vae", help="train the VAE")
-    common(p, 40, 8, 1e-3, 5)
+    add_run_flags(p, VAE_RUN)
     p.add_argument("--decoder-only", action="store_true",
                    help="fine-tune decoder only (latents unchanged; automatic once a UNet exists)")
     p = sub.add_parser("unet", help="train UNet + text encoder jointly (VAE frozen)")
-    common(p, 150, 32, 8e-4, 10)
+    add_run_flags(p, UNET_RUN)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--pool", type=int, default=2048, help="size of the encoded-latent pool")
     p.add_argument("--refresh", type=int, default=8, help="fresh scenes encoded into the pool per step")
     p.add_argument("--curriculum-steps", type=int, default=1500,
                    help="total UNet steps during which scenes have at most 1 object")
     p = sub.add_parser("evaluate", help="quality gates on held-out data (writes JSON + contact sheet)")
-    p.add_argument("--model", default=str(C.EMBEDDED_DIR))
+    p.add_argument("--model", default=str(configs.EMBEDDED_DIR))
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=20)
@@ -56,11 +67,21 @@ def main(argv=None):
     p.add_argument("--edits", type=int, default=100, help="held-out masked edits through Session")
     p.add_argument("--out", default=None, help="results folder (default <repo>/runs/eval)")
     p = sub.add_parser("assemble", help="write model_index.json (+ scheduler, tokenizer)")
-    p.add_argument("--out", default=str(C.EMBEDDED_DIR))
+    p.add_argument("--out", default=str(configs.EMBEDDED_DIR))
     from .distill import add_distill_command
 
     add_distill_command(sub)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def run_options(defaults: RunOptions, args) -> RunOptions:
+    """The trainer's run options with the common flags applied."""
+    flags = {field: getattr(args, field) for _, field, _, _ in RUN_FLAGS}
+    return dataclasses.replace(defaults, tiny=args.tiny, **flags)
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
 
     if a.cmd == "tokenizer":
         from .tokenizer import save_tokenizer
@@ -70,18 +91,15 @@ def main(argv=None):
     elif a.cmd == "vae":
         from .train_vae import train_vae
 
-        train_vae(minutes=a.minutes, threads=a.threads, batch_size=a.batch_size, lr=a.lr, ckpt_minutes=a.ckpt_minutes,
-                  out_dir=a.out, run_dir=a.runs, tiny=a.tiny, max_steps=a.max_steps, seed=a.seed,
-                  decoder_only=a.decoder_only)
+        train_vae(run_options(VAE_RUN, a), decoder_only=a.decoder_only)
         from .assemble import assemble
 
-        assemble(a.out)
+        assemble(a.out_dir)
     elif a.cmd == "unet":
         from .train_unet import train_unet
 
-        train_unet(minutes=a.minutes, threads=a.threads, batch_size=a.batch_size, lr=a.lr, ckpt_minutes=a.ckpt_minutes,
-                   out_dir=a.out, run_dir=a.runs, tiny=a.tiny, max_steps=a.max_steps, seed=a.seed, ema=a.ema,
-                   pool=a.pool, refresh=a.refresh, curriculum_steps=a.curriculum_steps)
+        train_unet(run_options(UNET_RUN, a), ema=a.ema, pool=a.pool, refresh=a.refresh,
+                   curriculum_steps=a.curriculum_steps)
     elif a.cmd == "evaluate":
         from .evaluate import evaluate
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import configs as C
+from . import configs
 
 MODEL_INDEX = {
     "_class_name": "LayeredPipeline",
@@ -17,11 +17,11 @@ MODEL_INDEX = {
 }
 
 
-def assemble(out_dir: Path | str = C.EMBEDDED_DIR) -> Path:
+def assemble(out_dir: Path | str = configs.EMBEDDED_DIR) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
-    C.make_scheduler("ddim").save_pretrained(str(out_dir / "scheduler"))
+    configs.make_scheduler("ddim").save_pretrained(str(out_dir / "scheduler"))
     if not (out_dir / "tokenizer" / "tokenizer.json").exists():
         from .tokenizer import save_tokenizer
 

@@ -1,18 +1,22 @@
-"""Shared helpers for the trainers: data, atomic checkpoints, training_state.json, EMA, lr schedule."""
+"""Shared helpers for the trainers: data, atomic checkpoints, training_state.json, EMA, lr schedule, the run loop."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import platform
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from . import configs as C
+from memory import atomic_directory, atomic_file, write_atomic
+
+from . import configs
 
 STATE_FILE = "training_state.json"
 
@@ -36,41 +40,42 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def sample_scenes(rng: np.random.Generator, n: int, split: str = "train", n_objects=(0, 3), size: int = C.IMAGE_SIZE):
+def sample_scenes(rng: np.random.Generator, n: int, split: str = "train", n_objects=(0, 3),
+                  size: int = configs.IMAGE_SIZE):
     sw = world()
     return [sw.sample_scene(rng, size=size, n_objects=n_objects, split=split) for _ in range(n)]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean per-image PSNR (dB) between uint8 arrays BxHxWx3."""
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
-
-
 # ---------------------------------------------------------------- checkpoints
 def atomic_save_pretrained(model, out_dir: Path, **kw) -> None:
-    """save_pretrained into a temp dir next to out_dir, then swap it in with renames."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size="15MB", **kw)
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    """save_pretrained into a staging folder next to out_dir, then swap it in (memory.atomic_directory)."""
+    with atomic_directory(out_dir, parents=True) as staging:
+        model.save_pretrained(str(staging), safe_serialization=True, max_shard_size="15MB", **kw)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, parents=True) as file:
+        torch.save(obj, file)
+
+
+def load_raw_checkpoint(path: Path, dev, steps_done: int, model_config) -> dict | None:
+    """The raw checkpoint at `path` (runs/) when it exists, is at least as far as `steps_done` (the committed
+    weights' step) and is of the same architecture; else None (resume from the committed weights)."""
+    if not path.exists():
+        return None
+    checkpoint = torch.load(path, map_location=dev, weights_only=True)
+    if checkpoint["step"] >= steps_done and checkpoint.get("arch") == arch_key(model_config):
+        return checkpoint
+    return None
+
+
+def restore_optimizer(optimizer, state: dict) -> None:
+    """Load a saved optimizer state; one for another parameter set (e.g. decoder-only after full training) is
+    ignored and the optimizer starts fresh."""
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError:
+        pass
 
 
 def read_state(model_dir: Path) -> dict:
@@ -88,10 +93,7 @@ def update_state(model_dir: Path, component: str, **fields) -> dict:
     comp.update(fields)
     state["hardware"] = hardware()
     state["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, model_dir / STATE_FILE)
+    write_atomic(model_dir / STATE_FILE, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode(), parents=True)
     return state
 
 
@@ -161,3 +163,65 @@ class Timer:
 
     def done(self) -> bool:
         return self.elapsed >= self.budget
+
+
+# ---------------------------------------------------------------- the run loop
+@dataclass(frozen=True)
+class RunOptions:
+    """What every trainer's run takes (the common flags of `python -m training vae|unet`). Each trainer defines
+    its defaults once (train_vae.VAE_RUN, train_unet.UNET_RUN); change them with dataclasses.replace."""
+
+    minutes: float  # wall-clock budget of this run (setup excluded)
+    batch_size: int
+    lr: float  # peak learning rate
+    warmup: int  # steps of linear warm-up (each run)
+    ckpt_minutes: float  # checkpoint interval
+    threads: int | None = 1  # torch CPU threads
+    out_dir: Path | str = configs.EMBEDDED_DIR  # the model folder: resumed from, checkpointed into
+    run_dir: Path | str = configs.RUNS_DIR  # raw weights + optimizer state
+    tiny: bool = False  # tiny test configs
+    max_steps: int | None = None  # stop after this many steps of this run
+    seed: int | None = None  # None: time-based
+    quiet: bool = False
+
+
+class Run(Protocol):
+    """One trainer's run as `train_loop` drives it."""
+
+    steps_here: int  # steps of this run
+
+    def train_step(self, lr: float) -> None: ...
+
+    def checkpoint(self, seconds: float, final: bool) -> dict: ...
+
+    def describe(self, record: dict, seconds: float) -> str: ...
+
+    def postfix(self) -> dict: ...
+
+
+def train_loop(run: Run, options: RunOptions, name: str) -> dict:
+    """Step `run` until `options.minutes` run out (or `max_steps` steps of this run), with warm-up + cosine learning
+    rate; checkpoint every `ckpt_minutes` and at the end. Returns the last checkpoint's record."""
+    timer = Timer(options.minutes)
+    last_checkpoint = time.time()
+    result: dict = {}
+    progress = tqdm(total=options.max_steps, disable=options.quiet, desc=name, mininterval=10)
+
+    def checkpoint(final: bool) -> None:
+        result.update(run.checkpoint(timer.elapsed, final))
+        if not options.quiet:
+            progress.write(run.describe(result, timer.elapsed))
+
+    while not timer.done() and (options.max_steps is None or run.steps_here < options.max_steps):
+        run.train_step(lr_at(run.steps_here, timer.frac, options.lr, options.warmup))
+        progress.update(1)
+        if run.steps_here % 20 == 0:
+            progress.set_postfix(run.postfix())
+        if time.time() - last_checkpoint > options.ckpt_minutes * 60:
+            checkpoint(final=False)
+            last_checkpoint = time.time()
+    progress.close()
+    checkpoint(final=True)
+    if not options.quiet:
+        print(f"[{name}] done: {result}", flush=True)
+    return result

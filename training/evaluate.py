@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import configs as C
+from . import configs
 from .common import to_uint8, world
-from .tokenizer import load_tokenizer, tokenize
+from .tokenizer import encode_text, load_tokenizer
 
 
 def heldout_prompts(n: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
@@ -39,18 +39,12 @@ def heldout_prompts(n: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
 
 
 @torch.no_grad()
-def encode_prompts(text_encoder, tok, prompts: list[str]) -> torch.Tensor:
-    dev = next(text_encoder.parameters()).device
-    return text_encoder(tokenize(tok, prompts).to(dev))[0]
-
-
-@torch.no_grad()
 def sample(unet, text_encoder, tok, vae, prompts: list[str], seeds: list[int], steps: int = 20, cfg: float = 5.0,
            scheduler=None, batch: int = 50) -> np.ndarray:
     """Plain diffusers-style DDIM + classifier-free guidance loop (null prompt ""). Returns uint8 BxHxWx3."""
     from diffusers import DDIMScheduler
 
-    sched = scheduler or DDIMScheduler(**C.SCHEDULER_CONFIG)
+    sched = scheduler or DDIMScheduler(**configs.SCHEDULER_CONFIG)
     dev = next(unet.parameters()).device
     was_training = unet.training, text_encoder.training
     unet.eval()
@@ -60,8 +54,8 @@ def sample(unet, text_encoder, tok, vae, prompts: list[str], seeds: list[int], s
     out = []
     for i in range(0, len(prompts), batch):
         ps, ss = prompts[i : i + batch], seeds[i : i + batch]
-        cond = encode_prompts(text_encoder, tok, ps)
-        uncond = encode_prompts(text_encoder, tok, [""]).expand_as(cond)
+        cond = encode_text(text_encoder, tok, ps)
+        uncond = encode_text(text_encoder, tok, [""]).expand_as(cond)
         emb = torch.cat([uncond, cond])
         lat = torch.stack([torch.randn(unet.config.in_channels, size, size,
                                        generator=torch.Generator().manual_seed(int(s))) for s in ss]).to(dev)
@@ -147,7 +141,7 @@ def pipeline_from_modules(unet, text_encoder, tok, vae, scheduler=None):
     from pipelines import LayeredPipeline
 
     pipe = LayeredPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
-                           scheduler=scheduler or DDIMScheduler(**C.SCHEDULER_CONFIG))
+                           scheduler=scheduler or DDIMScheduler(**configs.SCHEDULER_CONFIG))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -167,7 +161,7 @@ def load_model(model_dir: Path | str):
     from transformers import CLIPTextModel
 
     d = Path(model_dir)
-    dev = C.device()
+    dev = configs.device()
     tok = load_tokenizer(d / "tokenizer")
     vae = AutoencoderKL.from_pretrained(str(d / "vae")).to(dev).eval()
     unet = UNet2DConditionModel.from_pretrained(str(d / "unet")).to(dev).eval()
@@ -176,17 +170,17 @@ def load_model(model_dir: Path | str):
     return tok, vae, unet, te, sched
 
 
-def evaluate(model_dir: Path | str = C.EMBEDDED_DIR, n: int = 200, cfg: float = 5.0, steps: int = 20,
+def evaluate(model_dir: Path | str = configs.EMBEDDED_DIR, n: int = 200, cfg: float = 5.0, steps: int = 20,
              threads: int | None = 2, out_dir: Path | str | None = None, psnr_n: int = 256, edits: int = 100) -> dict:
     from PIL import Image
 
     from .train_vae import eval_psnr
 
-    C.set_threads(threads)
-    out_dir = Path(out_dir or C.RUNS_DIR / "eval")
+    configs.set_threads(threads)
+    out_dir = Path(out_dir or configs.RUNS_DIR / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     tok, vae, unet, te, sched = load_model(model_dir)
-    res: dict = {"model": str(model_dir), "hardware": f"{C.device()} threads={torch.get_num_threads()}"}
+    res: dict = {"model": str(model_dir), "hardware": f"{configs.device()} threads={torch.get_num_threads()}"}
     res["vae_heldout_psnr"] = round(eval_psnr(vae, n=psnr_n, size=int(vae.config.sample_size)), 3)
     items = heldout_prompts(n, seed=0)
     t0 = time.time()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import configs as C
+from . import configs
 
 PUNCTUATION = [",", "."]
 
@@ -22,31 +22,31 @@ def build_tokenizer(words: list[str] | None = None):
 
         words = sw.vocabulary()
     vocab: dict[str, int] = {}
-    for w in list(C.SPECIALS) + PUNCTUATION + sorted({w.lower() for w in words}):
+    for w in list(configs.SPECIALS) + PUNCTUATION + sorted({w.lower() for w in words}):
         if w not in vocab:
             vocab[w] = len(vocab)
-    tok = Tokenizer(WordLevel(vocab=vocab, unk_token=C.UNK))
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token=configs.UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{C.BOS} $A {C.EOS}",
-        pair=f"{C.BOS} $A {C.EOS} $B {C.EOS}",
-        special_tokens=[(C.BOS, vocab[C.BOS]), (C.EOS, vocab[C.EOS])],
+        single=f"{configs.BOS} $A {configs.EOS}",
+        pair=f"{configs.BOS} $A {configs.EOS} $B {configs.EOS}",
+        special_tokens=[(configs.BOS, vocab[configs.BOS]), (configs.EOS, vocab[configs.EOS])],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        model_max_length=C.MAX_TOKENS,
+        model_max_length=configs.MAX_TOKENS,
         padding_side="right",
         truncation_side="right",
-        pad_token=C.PAD,
-        unk_token=C.UNK,
-        bos_token=C.BOS,
-        eos_token=C.EOS,
+        pad_token=configs.PAD,
+        unk_token=configs.UNK,
+        bos_token=configs.BOS,
+        eos_token=configs.EOS,
     )
 
 
 def save_tokenizer(out_dir: Path | str | None = None, words: list[str] | None = None):
-    out_dir = Path(out_dir or C.EMBEDDED_DIR / "tokenizer")
+    out_dir = Path(out_dir or configs.EMBEDDED_DIR / "tokenizer")
     tok = build_tokenizer(words)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(out_dir))
@@ -56,7 +56,7 @@ def save_tokenizer(out_dir: Path | str | None = None, words: list[str] | None = 
 def load_tokenizer(path: Path | str | None = None):
     from transformers import PreTrainedTokenizerFast
 
-    path = Path(path or C.EMBEDDED_DIR / "tokenizer")
+    path = Path(path or configs.EMBEDDED_DIR / "tokenizer")
     if not (path / "tokenizer.json").exists():
         return save_tokenizer(path)
     return PreTrainedTokenizerFast.from_pretrained(str(path))
@@ -67,3 +67,12 @@ def tokenize(tok, prompts: list[str]):
     return tok(
         prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
+
+
+def encode_text(text_encoder, tok, prompts: list[str]):
+    """Prompts -> the text encoder's last hidden states [n, L, D], as the pipeline's `encode_prompt` computes them.
+
+    For bare components while they train (no pipeline exists yet, and the text encoder learns, so gradients flow
+    through); once a pipeline exists (distillation, evaluation through Session) use its `encode_prompt`.
+    """
+    return text_encoder(tokenize(tok, prompts).to(next(text_encoder.parameters()).device))[0]

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from . import configs as C
-from .common import EMA, arch_key, Timer, atomic_save_pretrained, atomic_torch_save, hardware, lr_at, read_state, to_tensor, update_state, world
+from . import configs
 from . import regional
-from .tokenizer import load_tokenizer, tokenize
+from .common import (EMA, RunOptions, arch_key, atomic_save_pretrained, atomic_torch_save, hardware,
+                     load_raw_checkpoint, read_state, restore_optimizer, to_tensor, train_loop, update_state, world)
+from .tokenizer import encode_text, load_tokenizer
 
 P_DROP = 0.10  # caption -> "" (unconditional)
 P_OBJECTS_ONLY = 0.30  # caption -> objects only
@@ -132,7 +132,7 @@ def diffusion_loss(unet, text_encoder, tokenizer, noise_sched, latents, captions
     """
     dev = latents.device
     flat = [prompt for regions in captions for prompt in regions]
-    enc = text_encoder(tokenize(tokenizer, flat).to(dev))[0]
+    enc = encode_text(text_encoder, tokenizer, flat)
     enc = enc.reshape(len(captions), -1, enc.shape[-1])
     noise = torch.randn(latents.shape, generator=gen, device=dev)
     t = torch.randint(0, noise_sched.config.num_train_timesteps, (latents.shape[0],), generator=gen, device=dev)
@@ -170,7 +170,7 @@ def load_models(out_dir: Path, run_dir: Path, tiny: bool, dev, lr: float, ema_de
         te = CLIPTextModel.from_pretrained(str(out_dir / "text_encoder"))
         source = str(out_dir)
     else:
-        unet, te = C.make_unet(tiny), C.make_text_encoder(len(tok), tiny)
+        unet, te = configs.make_unet(tiny), configs.make_text_encoder(len(tok), tiny)
         source, steps_done = "scratch", 0
     unet.to(dev).train()
     te.to(dev).train()
@@ -178,20 +178,15 @@ def load_models(out_dir: Path, run_dir: Path, tiny: bool, dev, lr: float, ema_de
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, betas=(0.9, 0.99))
     ema_u, ema_t = EMA(unet, ema_decay), EMA(te, ema_decay)
     ck_path = run_dir / "unet_ckpt.pt"
-    if ck_path.exists():
-        ck = torch.load(ck_path, map_location=dev, weights_only=True)
-        if ck["step"] >= steps_done and ck.get("arch") == arch_key(unet.config):
-            unet.load_state_dict(ck["unet"])
-            te.load_state_dict(ck["text_encoder"])
-            ema_u.load_state_dict(ck["ema_unet"])
-            ema_t.load_state_dict(ck["ema_text"])
-            try:
-                opt.load_state_dict(ck["opt"])
-            except ValueError:
-                pass
-            steps_done = ck["step"]
-            source = str(ck_path)
-    else:
+    ck = load_raw_checkpoint(ck_path, dev, steps_done, unet.config)
+    if ck is not None:
+        unet.load_state_dict(ck["unet"])
+        te.load_state_dict(ck["text_encoder"])
+        ema_u.load_state_dict(ck["ema_unet"])
+        ema_t.load_state_dict(ck["ema_text"])
+        restore_optimizer(opt, ck["opt"])
+        steps_done, source = ck["step"], str(ck_path)
+    elif not ck_path.exists():
         # fresh optimizer on committed (EMA) weights: EMA restarts from them with its warmup
         ema_u.n = ema_t.n = 1000 if source != "scratch" else 0
     return tok, vae, unet, te, opt, ema_u, ema_t, steps_done, source
@@ -210,116 +205,123 @@ def save_checkpoint(unet, te, ema_u, ema_t, opt, step, out_dir: Path, run_dir: P
     atomic_torch_save({"step": step, "unet": unet.state_dict(), "text_encoder": te.state_dict(),
                        "ema_unet": ema_u.state_dict(), "ema_text": ema_t.state_dict(), "opt": opt.state_dict(),
                        "arch": arch_key(unet.config)}, run_dir / "unet_ckpt.pt")
-    update_state(out_dir, "unet", steps=step, unet_params=C.n_params(eu), text_encoder_params=C.n_params(et), **info)
+    update_state(out_dir, "unet", steps=step, unet_params=configs.n_params(eu),
+                 text_encoder_params=configs.n_params(et), **info)
     return eu, et
 
 
-def train_unet(
-    minutes: float = 150.0,
-    threads: int | None = 1,
-    batch_size: int = 32,
-    lr: float = 8e-4,
-    warmup: int = 300,
-    ckpt_minutes: float = 10.0,
-    out_dir: Path | str = C.EMBEDDED_DIR,
-    run_dir: Path | str = C.RUNS_DIR,
-    tiny: bool = False,
-    max_steps: int | None = None,
-    seed: int | None = None,
-    ema: float = 0.999,
-    pool: int = 2048,
-    refresh: int = 8,
-    curriculum_steps: int = 1500,
-    image_size: int | None = None,
-    quick_eval_n: int = 32,
-    quiet: bool = False,
-) -> dict:
-    C.set_threads(threads)
-    out_dir, run_dir = Path(out_dir), Path(run_dir)
-    dev = C.device()
-    tok, vae, unet, te, opt, ema_u, ema_t, step0, source = load_models(out_dir, run_dir, tiny, dev, lr, ema)
+UNET_RUN = RunOptions(minutes=150.0, batch_size=32, lr=8e-4, warmup=300, ckpt_minutes=10.0)
+
+
+def train_unet(options: RunOptions = UNET_RUN, *, ema: float = 0.999, pool: int = 2048, refresh: int = 8,
+               curriculum_steps: int = 1500, image_size: int | None = None, quick_eval_n: int = 32) -> dict:
+    """Train the UNet and text encoder (VAE frozen) as `options` say, resuming from `options.out_dir` (EMA weights)
+    and `options.run_dir` (raw weights, optimizer, EMA); returns the last checkpoint's record (as in
+    training_state.json). `pool` latents are kept, `refresh` of them redrawn each step; scenes have one object
+    for the first `curriculum_steps` steps; `quick_eval_n` held-out captions are checked at each checkpoint."""
+    configs.set_threads(options.threads)
+    run = UNetRun(options, ema=ema, pool=pool, refresh=refresh, curriculum_steps=curriculum_steps,
+                  image_size=image_size, quick_eval_n=quick_eval_n)
+    return train_loop(run, options, "unet")
+
+
+class UNetRun:
+    """One `train_unet` run: the models (resumed), optimizer, EMA, latent pool, regional routing and counters."""
+
+    def __init__(self, options: RunOptions, *, ema: float, pool: int, refresh: int, curriculum_steps: int,
+                 image_size: int | None, quick_eval_n: int):
+        self.options, self.refresh, self.quick_eval_n = options, refresh, quick_eval_n
+        self.out_dir, self.run_dir, self.tiny = Path(options.out_dir), Path(options.run_dir), options.tiny
+        self.dev = dev = configs.device()
+        (self.tok, self.vae, self.unet, self.te, self.opt, self.ema_u, self.ema_t, self.step,
+         source) = load_models(self.out_dir, self.run_dir, self.tiny, dev, options.lr, ema)
+        self.noise_sched = noise_schedule(self.out_dir)
+        self.image_size = image_size or int(self.vae.config.sample_size)
+        self.prior_minutes = float(read_state(self.out_dir).get("unet", {}).get("minutes", 0.0))
+        if not options.quiet:
+            print(f"[unet] unet {configs.n_params(self.unet)/1e6:.2f}M + text {configs.n_params(self.te)/1e6:.2f}M "
+                  f"params; resume from {source} at step {self.step}; device {dev}; "
+                  f"threads {torch.get_num_threads()}; vae scaling_factor {self.vae.config.scaling_factor:.4f}",
+                  flush=True)
+        self.rng = np.random.default_rng(options.seed if options.seed is not None else int(time.time()) + self.step)
+        self.gen = torch.Generator(device=dev).manual_seed(int(self.rng.integers(2**31)))
+        started = time.time()
+        self.curriculum_steps = curriculum_steps
+        self.curriculum = self.step < curriculum_steps
+        self.pool = LatentPool(self.vae, pool, self.rng, self.image_size, max_objects=1 if self.curriculum else 3)
+        if not options.quiet:
+            print(f"[unet] pool of {pool} latents in {time.time()-started:.1f}s; latent std "
+                  f"{self.pool.latents.std():.3f}", flush=True)
+        self.routing = regional.install(self.unet)
+        self.steps_here = 0  # steps of this run
+        self.losses: list[float] = []
+        self.train_seconds = 0.0
+
+    def train_step(self, lr: float) -> None:
+        if self.curriculum and self.step >= self.curriculum_steps:
+            self.curriculum = False
+            self.pool.max_objects = 3
+            self.pool.refresh(len(self.pool.scenes) // 2)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        started = time.time()
+        self.pool.refresh(self.refresh)
+        latents, captions, owners, cell_weights = self.pool.batch(self.options.batch_size)
+        self.routing.allowed = regional.batched_allowed(owners.to(self.dev), self.tok.model_max_length,
+                                                        latents.shape[-1])
+        loss = diffusion_loss(self.unet, self.te, self.tok, self.noise_sched, latents, captions, self.gen,
+                              cell_weights=cell_weights)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.te.parameters()), 1.0)
+        self.opt.step()
+        self.ema_u.update(self.unet)
+        self.ema_t.update(self.te)
+        self.train_seconds += time.time() - started
+        self.step += 1
+        self.steps_here += 1
+        self.losses.append(loss.item())
+
+    def checkpoint(self, seconds: float, final: bool) -> dict:
+        """Save the EMA weights (and raw state), run the quick held-out gates; returns the record with `steps`."""
+        eu, et = save_checkpoint(self.unet, self.te, self.ema_u, self.ema_t, self.opt, self.step, self.out_dir,
+                                 self.run_dir, {}, self.tiny)
+        info = dict(minutes=round(self.prior_minutes + seconds / 60, 2), hardware=hardware(),
+                    batch_size=self.options.batch_size,
+                    last_loss=float(np.mean(self.losses[-200:])) if self.losses else None,
+                    heldout_quick=self.quick_gates(eu, et, self.quick_eval_n) if self.quick_eval_n else {},
+                    prediction_type=self.noise_sched.config.prediction_type,
+                    sec_per_step=round(self.train_seconds / max(self.steps_here, 1), 3))
+        update_state(self.out_dir, "unet", **info)
+        return {**info, "steps": self.step}
+
+    def describe(self, record: dict, seconds: float) -> str:
+        return (f"[unet] checkpoint step {self.step} ({seconds/60:.1f} min) loss {record['last_loss']} "
+                f"held-out {record['heldout_quick']}")
+
+    def postfix(self) -> dict:
+        return {"loss": f"{np.mean(self.losses[-100:]):.4f}", "lr": f"{self.opt.param_groups[0]['lr']:.1e}",
+                "step": self.step}
+
+    def quick_gates(self, unet, text_encoder, n: int) -> dict:
+        """Held-out text-to-image on `n` captions; and (full models) masked edits through Session, as users make."""
+        from editor import Session
+
+        from .evaluate import masked_edit_gate, pipeline_from_modules, quick_gate
+
+        metrics = quick_gate(unet.to(self.dev), text_encoder.to(self.dev), self.tok, self.vae, n=n,
+                             image_size=self.image_size)
+        if not self.tiny:
+            session = Session(pipeline_from_modules(unet, text_encoder, self.tok, self.vae))
+            metrics["masked_edit"] = masked_edit_gate(session, range(n // 2))
+        return metrics
+
+
+def noise_schedule(out_dir: Path):
+    """The training noise schedule: the model folder's scheduler config, else the recipe's."""
     from diffusers import DDPMScheduler
 
-    sched_cfg = dict(C.SCHEDULER_CONFIG)
+    config = dict(configs.SCHEDULER_CONFIG)
     if (out_dir / "scheduler" / "scheduler_config.json").exists():
-        sched_cfg = DDPMScheduler.load_config(str(out_dir / "scheduler"))
-    noise_sched = DDPMScheduler.from_config(sched_cfg)
-    image_size = image_size or int(vae.config.sample_size)
-    prior_minutes = float(read_state(out_dir).get("unet", {}).get("minutes", 0.0))
-    if not quiet:
-        print(f"[unet] unet {C.n_params(unet)/1e6:.2f}M + text {C.n_params(te)/1e6:.2f}M params; resume from {source} "
-              f"at step {step0}; device {dev}; threads {torch.get_num_threads()}; "
-              f"vae scaling_factor {vae.config.scaling_factor:.4f}", flush=True)
-    rng = np.random.default_rng(seed if seed is not None else int(time.time()) + step0)
-    gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2**31)))
-    t_pool = time.time()
-    curriculum = step0 < curriculum_steps
-    lp = LatentPool(vae, pool, rng, image_size, max_objects=1 if curriculum else 3)
-    if not quiet:
-        print(f"[unet] pool of {pool} latents in {time.time()-t_pool:.1f}s; latent std {lp.latents.std():.3f}",
-              flush=True)
-    routing = regional.install(unet)
-    timer = Timer(minutes)
-    step, i = step0, 0
-    last_ckpt = time.time()
-    losses: list[float] = []
-    train_time = [0.0]
-    result: dict = {}
-    pbar = tqdm(total=max_steps, disable=quiet, desc="unet", mininterval=10)
-
-    def checkpoint():
-        eu, et = save_checkpoint(unet, te, ema_u, ema_t, opt, step, out_dir, run_dir, {}, tiny)
-        metrics = {}
-        if quick_eval_n:
-            from .evaluate import quick_gate
-
-            from editor import Session
-
-            from .evaluate import masked_edit_gate, pipeline_from_modules
-
-            metrics = quick_gate(eu.to(dev), et.to(dev), tok, vae, n=quick_eval_n, image_size=image_size)
-            if not tiny:  # held-out masked edits through Session, as users make them
-                session = Session(pipeline_from_modules(eu, et, tok, vae))
-                metrics["masked_edit"] = masked_edit_gate(session, range(quick_eval_n // 2))
-        info = dict(minutes=round(prior_minutes + timer.elapsed / 60, 2), hardware=hardware(), batch_size=batch_size,
-                    last_loss=float(np.mean(losses[-200:])) if losses else None, heldout_quick=metrics,
-                    prediction_type=noise_sched.config.prediction_type, sec_per_step=round(train_time[0] / max(i, 1), 3))
-        update_state(out_dir, "unet", **info)
-        result.update(info, steps=step)
-        msg = f"[unet] checkpoint step {step} ({timer.elapsed/60:.1f} min) loss {info['last_loss']} held-out {metrics}"
-        if not quiet:
-            pbar.write(msg)
-
-    while not timer.done() and (max_steps is None or i < max_steps):
-        if curriculum and step >= curriculum_steps:
-            curriculum = False
-            lp.max_objects = 3
-            lp.refresh(len(lp.scenes) // 2)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(i, timer.frac, lr, warmup)
-        t_step = time.time()
-        lp.refresh(refresh)
-        latents, captions, owners, cell_weights = lp.batch(batch_size)
-        routing.allowed = regional.batched_allowed(owners.to(dev), tok.model_max_length, latents.shape[-1])
-        loss = diffusion_loss(unet, te, tok, noise_sched, latents, captions, gen, cell_weights=cell_weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), 1.0)
-        opt.step()
-        ema_u.update(unet)
-        ema_t.update(te)
-        train_time[0] += time.time() - t_step
-        step += 1
-        i += 1
-        losses.append(loss.item())
-        pbar.update(1)
-        if i % 20 == 0:
-            pbar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}", step=step)
-        if time.time() - last_ckpt > ckpt_minutes * 60:
-            checkpoint()
-            last_ckpt = time.time()
-    pbar.close()
-    checkpoint()
-    if not quiet:
-        print(f"[unet] done: {result}", flush=True)
-    return result
+        config = DDPMScheduler.load_config(str(out_dir / "scheduler"))
+    return DDPMScheduler.from_config(config)

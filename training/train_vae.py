@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from . import configs as C
-from .common import (EMA, arch_key, Timer, atomic_save_pretrained, atomic_torch_save, hardware, lr_at, psnr, read_state,
-                     sample_scenes, to_tensor, to_uint8, update_state)
+from benchmark import metrics
+
+from . import configs
+from .common import (RunOptions, arch_key, atomic_save_pretrained, atomic_torch_save, hardware, load_raw_checkpoint,
+                     read_state, restore_optimizer, sample_scenes, to_tensor, to_uint8, train_loop, update_state)
 
 
 def edge_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +55,8 @@ def vae_loss(vae, x: torch.Tensor, kl_weight: float = 1e-6, edge_weight: float =
 
 
 @torch.no_grad()
-def eval_psnr(vae, n: int = 256, seed: int = 1234, split: str = "heldout", size: int = C.IMAGE_SIZE, bs: int = 64):
+def eval_psnr(vae, n: int = 256, seed: int = 1234, split: str = "heldout", size: int = configs.IMAGE_SIZE,
+              bs: int = 64):
     vae.eval()
     dev = next(vae.parameters()).device
     rng = np.random.default_rng(seed)
@@ -66,11 +68,12 @@ def eval_psnr(vae, n: int = 256, seed: int = 1234, split: str = "heldout", size:
         z = vae.encode(x).latent_dist.mean
         outs.append(to_uint8(vae.decode(z).sample))
     vae.train()
-    return psnr(np.concatenate(outs), imgs)
+    decoded = np.concatenate(outs)
+    return float(np.mean([metrics.psnr(out, img) for out, img in zip(decoded, imgs)]))  # per image, then the mean
 
 
 @torch.no_grad()
-def measure_scaling_factor(vae, n: int = 2000, seed: int = 99, size: int = C.IMAGE_SIZE, bs: int = 100) -> float:
+def measure_scaling_factor(vae, n: int = 2000, seed: int = 99, size: int = configs.IMAGE_SIZE, bs: int = 100) -> float:
     vae.eval()
     dev = next(vae.parameters()).device
     rng = np.random.default_rng(seed)
@@ -97,23 +100,19 @@ def load_vae(out_dir: Path, run_dir: Path, tiny: bool, dev, lr: float, decoder_o
         vae = AutoencoderKL.from_pretrained(str(vae_dir))
         source = str(vae_dir)
     else:
-        vae = C.make_vae(tiny)
+        vae = configs.make_vae(tiny)
         source = "scratch"
     vae.to(dev).train()
     if decoder_only:
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
-    opt = torch.optim.AdamW(decoder_params(vae) if decoder_only else vae.parameters(), lr=lr, weight_decay=1e-4, betas=(0.9, 0.99))
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        if ck["step"] >= steps_done and ck.get("arch") == arch_key(vae.config):
-            vae.load_state_dict(ck["model"])
-            try:
-                opt.load_state_dict(ck["opt"])
-            except ValueError:
-                pass
-            steps_done = ck["step"]
-            source = str(ckpt_path)
+    opt = torch.optim.AdamW(decoder_params(vae) if decoder_only else vae.parameters(), lr=lr, weight_decay=1e-4,
+                            betas=(0.9, 0.99))
+    ck = load_raw_checkpoint(ckpt_path, dev, steps_done, vae.config)
+    if ck is not None:
+        vae.load_state_dict(ck["model"])
+        restore_optimizer(opt, ck["opt"])
+        steps_done, source = ck["step"], str(ckpt_path)
     return vae, opt, steps_done, source
 
 
@@ -130,77 +129,78 @@ def save_vae(vae, opt, step, out_dir: Path, run_dir: Path, info: dict, scaling_s
     return sf
 
 
-def train_vae(
-    minutes: float = 40.0,
-    threads: int | None = 1,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    warmup: int = 200,
-    ckpt_minutes: float = 5.0,
-    out_dir: Path | str = C.EMBEDDED_DIR,
-    run_dir: Path | str = C.RUNS_DIR,
-    tiny: bool = False,
-    max_steps: int | None = None,
-    eval_n: int = 256,
-    scaling_samples: int = 2000,
-    image_size: int = C.IMAGE_SIZE,
-    seed: int | None = None,
-    quiet: bool = False,
-    decoder_only: bool = False,
-) -> dict:
-    C.set_threads(threads)
-    out_dir, run_dir = Path(out_dir), Path(run_dir)
-    dev = C.device()
-    if not decoder_only and (out_dir / "unet").exists():
-        # a UNet was trained on this VAE's latents: changing the encoder would invalidate it
-        print("[vae] a UNet exists in the model folder: fine-tuning the decoder only", flush=True)
-        decoder_only = True
-    vae, opt, step0, source = load_vae(out_dir, run_dir, tiny, dev, lr, decoder_only)
-    prior_minutes = float(read_state(out_dir).get("vae", {}).get("minutes", 0.0))
-    if not quiet:
-        print(f"[vae] {C.n_params(vae)/1e6:.2f}M params, resume from {source} at step {step0}, device {dev}, "
-              f"threads {torch.get_num_threads()}", flush=True)
-    rng = np.random.default_rng(seed if seed is not None else int(time.time()) + step0)
-    timer = Timer(minutes)
-    step, i = step0, 0
-    last_ckpt = time.time()
-    hist: list[dict] = []
-    result = {}
-    pbar = tqdm(total=max_steps, disable=quiet, desc="vae", mininterval=10)
+VAE_RUN = RunOptions(minutes=40.0, batch_size=8, lr=1e-3, warmup=200, ckpt_minutes=5.0)
 
-    def checkpoint(final: bool):
-        p = eval_psnr(vae, n=eval_n, size=image_size)
-        info = dict(minutes=round(prior_minutes + timer.elapsed / 60, 2), hardware=hardware(),
-                    last_losses={k: float(np.mean([h[k] for h in hist[-100:]])) for k in hist[-1]} if hist else {},
-                    heldout_psnr=round(p, 3), batch_size=batch_size)
-        sf = save_vae(vae, opt, step, out_dir, run_dir, info, scaling_samples if final else min(scaling_samples, 500),
-                      image_size, decoder_only)
-        msg = f"[vae] step {step} ({timer.elapsed/60:.1f} min) held-out PSNR {p:.2f} dB, scaling_factor {sf:.4f}"
-        if not quiet:
-            pbar.write(msg)
-        result.update(info, steps=step, scaling_factor=sf)
 
-    while not timer.done() and (max_steps is None or i < max_steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(i, timer.frac, lr, warmup)
-        scenes = sample_scenes(rng, batch_size, split="train", n_objects=(0, 3), size=image_size)
-        x = to_tensor([s.image for s in scenes]).to(dev)
-        loss, parts = vae_loss(vae, x, decoder_only=decoder_only, weights=object_weights(scenes, image_size))
-        opt.zero_grad(set_to_none=True)
+def train_vae(options: RunOptions = VAE_RUN, *, eval_n: int = 256, scaling_samples: int = 2000,
+              image_size: int = configs.IMAGE_SIZE, decoder_only: bool = False) -> dict:
+    """Train the VAE as `options` say, resuming from `options.run_dir` (with optimizer) or `options.out_dir`
+    (weights only); returns the last checkpoint's record. Each checkpoint measures held-out PSNR on `eval_n`
+    scenes and the scaling factor on `scaling_samples` (500 at most between checkpoints). `decoder_only` keeps the
+    latent space fixed; it is forced once a UNet exists in the model folder."""
+    configs.set_threads(options.threads)
+    run = VAERun(options, eval_n=eval_n, scaling_samples=scaling_samples, image_size=image_size,
+                 decoder_only=decoder_only)
+    return train_loop(run, options, "vae")
+
+
+class VAERun:
+    """One `train_vae` run: the VAE (resumed), its optimizer, the scene generator and the loss history."""
+
+    def __init__(self, options: RunOptions, *, eval_n: int, scaling_samples: int, image_size: int,
+                 decoder_only: bool):
+        self.options, self.eval_n, self.scaling_samples, self.image_size = options, eval_n, scaling_samples, image_size
+        self.out_dir, self.run_dir = Path(options.out_dir), Path(options.run_dir)
+        self.dev = configs.device()
+        if not decoder_only and (self.out_dir / "unet").exists():
+            # a UNet was trained on this VAE's latents: changing the encoder would invalidate it
+            print("[vae] a UNet exists in the model folder: fine-tuning the decoder only", flush=True)
+            decoder_only = True
+        self.decoder_only = decoder_only
+        self.vae, self.opt, self.step, source = load_vae(self.out_dir, self.run_dir, options.tiny, self.dev,
+                                                         options.lr, decoder_only)
+        self.prior_minutes = float(read_state(self.out_dir).get("vae", {}).get("minutes", 0.0))
+        if not options.quiet:
+            print(f"[vae] {configs.n_params(self.vae)/1e6:.2f}M params, resume from {source} at step {self.step}, "
+                  f"device {self.dev}, threads {torch.get_num_threads()}", flush=True)
+        self.rng = np.random.default_rng(options.seed if options.seed is not None else int(time.time()) + self.step)
+        self.steps_here = 0
+        self.history: list[dict] = []  # loss parts per step
+
+    def train_step(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        scenes = sample_scenes(self.rng, self.options.batch_size, split="train", n_objects=(0, 3),
+                               size=self.image_size)
+        x = to_tensor([s.image for s in scenes]).to(self.dev)
+        loss, parts = vae_loss(self.vae, x, decoder_only=self.decoder_only,
+                               weights=object_weights(scenes, self.image_size))
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder_params(vae) if decoder_only else vae.parameters(), 1.0)
-        opt.step()
-        step += 1
-        i += 1
-        hist.append(parts)
-        pbar.update(1)
-        if i % 20 == 0:
-            pbar.set_postfix(l1=f"{parts['l1']:.4f}", edge=f"{parts['edge']:.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-        if time.time() - last_ckpt > ckpt_minutes * 60:
-            checkpoint(final=False)
-            last_ckpt = time.time()
-    pbar.close()
-    checkpoint(final=True)
-    if not quiet:
-        print(f"[vae] done: {result}", flush=True)
-    return result
+        torch.nn.utils.clip_grad_norm_(decoder_params(self.vae) if self.decoder_only else self.vae.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        self.steps_here += 1
+        self.history.append(parts)
+
+    def checkpoint(self, seconds: float, final: bool) -> dict:
+        """Measure held-out PSNR, save the VAE (with its scaling factor) and the raw state; returns the record."""
+        psnr = eval_psnr(self.vae, n=self.eval_n, size=self.image_size)
+        history = self.history
+        info = dict(minutes=round(self.prior_minutes + seconds / 60, 2), hardware=hardware(),
+                    last_losses={k: float(np.mean([h[k] for h in history[-100:]])) for k in history[-1]}
+                    if history else {},
+                    heldout_psnr=round(psnr, 3), batch_size=self.options.batch_size)
+        samples = self.scaling_samples if final else min(self.scaling_samples, 500)
+        scaling_factor = save_vae(self.vae, self.opt, self.step, self.out_dir, self.run_dir, info, samples,
+                                  self.image_size, self.decoder_only)
+        return {**info, "steps": self.step, "scaling_factor": scaling_factor}
+
+    def describe(self, record: dict, seconds: float) -> str:
+        return (f"[vae] step {self.step} ({seconds/60:.1f} min) held-out PSNR {record['heldout_psnr']:.2f} dB, "
+                f"scaling_factor {record['scaling_factor']:.4f}")
+
+    def postfix(self) -> dict:
+        parts = self.history[-1]
+        return {"l1": f"{parts['l1']:.4f}", "edge": f"{parts['edge']:.4f}",
+                "lr": f"{self.opt.param_groups[0]['lr']:.1e}"}

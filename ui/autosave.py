@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from memory.store import write_file_atomically
+from memory import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ PROMPT_SHOWN = 60  # characters of the first prompt shown in the restore list
 _ID = re.compile(r"[0-9a-f]{32}")
 _PROJECT = re.compile(r"([0-9a-f]{32})\.lep")
 _SUMMARY = re.compile(r"([0-9a-f]{32})\.json")
-_TEMP = re.compile(r"\.[0-9a-f]{32}\.(lep|json)\.new-[0-9a-f]+")  # memory.store's temp names, and ours
+_TEMP = re.compile(r"\.[0-9a-f]{32}\.(lep|json)\.new-[0-9a-f]+")  # memory.files' temp names (Session.save's and ours)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -92,7 +92,7 @@ class Autosave:
         layers = session.layers
         summary = {"format": "layered-edit autosave", "version": 1, "saved": time.time(), "layers": len(layers),
                    "prompt": layers[0].prompt if layers else "", "model": session.model}
-        write_file_atomically(self.folder / f"{session_id}.json", json.dumps(summary).encode("utf-8"))
+        write_atomic(self.folder / f"{session_id}.json", json.dumps(summary).encode("utf-8"))
         self.prune(keep_id=session_id)
         return path
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from benchmark.cli import add_bench_command
+from benchmark.plans import pixel_box
 from training.distill import add_distill_command
 from ui.autosave import ENV_FOLDER, Autosave, default_folder
 
@@ -20,11 +21,6 @@ DEMO_PLAN = {
         {"prompt": "a yellow heart", "box": [0.3, 0.55, 0.7, 0.95]},
     ],
 }
-
-
-def _pixel_box(box, size):
-    width, height = size
-    return (round(box[0] * width), round(box[1] * height), round(box[2] * width), round(box[3] * height))
 
 
 def run_demo(args) -> int:
@@ -43,7 +39,7 @@ def run_demo(args) -> int:
     print(f"background  {plan['background']!r}: {time.perf_counter() - started:.2f} s")
     for edit in plan["edits"]:
         started = time.perf_counter()
-        session.edit(edit["prompt"], _pixel_box(edit["box"], session.size))
+        session.edit(edit["prompt"], pixel_box(edit["box"], session.size))  # the benchmark's rule: edges round outwards
         print(f"edit        {edit['prompt']!r}: {time.perf_counter() - started:.2f} s")
     session.undo()
     session.redo()

@@ -50,8 +50,8 @@ class SettingsControls:
     @classmethod
     def of_layer(cls, layer) -> SettingsControls:
         """The values that show `layer`'s recorded settings (defaults for any it did not record)."""
-        recorded, defaults = dict(layer.settings), EditSettings()
-        values = {name: recorded.get(name, getattr(defaults, name)) for name in cls.names()}
+        recorded = EditSettings.from_dict(dict(layer.settings))  # older names ("qd") read as today's
+        values = {name: getattr(recorded, name) for name in cls.names()}
         return cls(**{**values, "negative_prompt": layer.negative_prompt})
 
     def values(self) -> tuple:
