@@ -274,7 +274,8 @@ def measure_joint(key: str, size: int, repeats: int, dtype: torch.dtype) -> dict
     from diffusers import AutoencoderKL
 
     from pipelines.attention import RegionMaps
-    from pipelines.families import TextConditioning, family_class
+    from pipelines.families import family_class
+    from pipelines.text_conditioning import TextConditioning
 
     spec = JOINT_FAMILIES[key]
     torch.set_flush_denormal(True)

@@ -3,7 +3,8 @@
 from .loading import EMBEDDED_MODEL_DIR, load_pipeline
 from .masks import MaskError
 from .compositing import composite, recomposite
-from .families import TextConditioning, UnsupportedModelError
+from .families import UnsupportedModelError
+from .text_conditioning import TextConditioning
 from .pipeline_layered import EditRegion, LayeredPipeline, LayeredPipelineOutput
 from .schedulers import SCHEDULERS
 

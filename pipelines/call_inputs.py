@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .attention import ROUTING_MODES, resolve_attention
-from .families import TextConditioning
+from .text_conditioning import TextConditioning
 from .guidance import GUIDANCE_MODES
 from .masks import BCG_MASKS
 from .tight import MASK_FITS

@@ -26,7 +26,8 @@ from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
 from . import flow_matching
 from .attention import RegionLoopAttnProcessor, RegionMaps
-from .families import ModelFamily, TextConditioning
+from .families import ModelFamily
+from .text_conditioning import TextConditioning
 from .joint_attention import (DEFAULT_PLAIN_BLOCKS, JointRegions, flux_image_ids, flux_text_ids,
                               joint_regional_attention, processor_class, trim_padding)
 

@@ -26,11 +26,13 @@ from .bcg import BackgroundMemory
 from .compositing import composite
 from .attention import RegionalAttnProcessor, RegionMaps, resolve_attention
 from .call_inputs import CALLBACK_TENSOR_INPUTS, EditRegion, LayeredPipelineOutput, check_settings
-from .families import ModelFamily, TextConditioning, family_class, identity_mismatch
+from .families import ModelFamily, family_class, identity_mismatch
 from .guidance import NEGATIVE_PROMPT_ERROR, GuidanceAdapter
 from .masks import bcg_latent_mask, latent_mask
 from .schedulers import initial_sigma, make_scheduler, scale_model_input, schedule_fingerprint
+from .text_conditioning import TextConditioning
 from .tight import ObjectTracker, object_pixels, soft_object_mask
+
 
 def serialized(method):
     """Run a pipeline method under the pipeline's lock: MQD swaps the denoiser's processors for a call."""
