@@ -51,8 +51,8 @@ class JointAttentionFamily(ModelFamily):
 
     @property
     def max_prompt_tokens(self) -> int:
-        clip = [int(getattr(self.pipeline, tok).model_max_length) for tok, _ in self.text_components
-                if (tok, _) != self.t5_component]
+        """The shortest window: CLIP's 77 tokens (a longer prompt is refused, not cut, as for every family)."""
+        clip = [self.clip_tokens(tok) for tok, _ in self.text_components if tok != self.t5_component[0]]
         return min([self.t5_tokens, *clip])
 
     def clip_tokens(self, tokenizer_name: str) -> int:
