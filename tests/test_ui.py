@@ -21,8 +21,8 @@ from tiny_models import IMAGE_SIZE, save_tiny_pipeline
 from editor import EditSettings, Session
 from ui import app, controls, errors
 from ui.canvas import canvas_value, display_scale, mask_from_canvas
-from ui.handlers import Handlers
 from ui.cli import build_parser
+from ui.handlers import Handlers
 
 STEPS = 2
 SCALE = display_scale((IMAGE_SIZE, IMAGE_SIZE))  # the canvas shows the 32x32 images at 16x
@@ -59,6 +59,8 @@ def client(server):
 
 
 # ------------------------------------------------------------------------------------------ helpers
+# Every event that changes the session returns the view first: the current image, the layer list, the selected
+# layer, the status (ui.handlers.VIEW, less the states, which the HTTP API does not return).
 def image_of(result) -> np.ndarray:
     """The current image a view shows (the 'actual pixels' image output)."""
     return np.asarray(Image.open(result[0]).convert("RGB"))
@@ -70,7 +72,12 @@ def value(output):
 
 
 def captions(result) -> list[str]:
-    return [item["caption"] for item in result[1]]
+    """The layer list as "index: name", with " (hidden)" for a hidden layer, bottom layer first."""
+    return [f"{row['index']}: {row['name']}" + ("" if row["visible"] else " (hidden)") for row in value(result[1])]
+
+
+def status_of(result) -> str:
+    return value(result[3])
 
 
 def box_mask(box) -> np.ndarray:
@@ -101,7 +108,7 @@ def generate(client, prompt="a grass background", seed=3, **changes):
     return client.predict(prompt=prompt, seed_mode="fixed", seed=seed, **settings(**changes), api_name="/generate")
 
 
-def edit(client, canvas, prompt, seed_mode="session", mask_mode="brush", box=(0, 0, 1, 1), **changes):
+def edit(client, canvas, prompt, seed_mode="session", mask_mode="stroke", box=(0, 0, 1, 1), **changes):
     x0, y0, x1, y1 = box
     return client.predict(canvas=canvas, prompt=prompt, seed_mode=seed_mode, seed=0, mask_mode=mask_mode,
                           x0=x0, y0=y0, x1=x1, y1=y1, **settings(**changes), api_name="/edit")
@@ -134,10 +141,12 @@ def test_generate_edit_undo_redo_reedit_save_and_load_is_bit_identical(client, s
 
     # Re-edit layer 1 with a new prompt; an empty canvas keeps its mask. Layer 2 is replayed on top.
     reedited = client.predict(index=1, canvas=empty_canvas(tmp_path, redone), prompt="a yellow heart",
-                              seed_mode="session", seed=0,
-                              mask_mode="brush", x0=0, y0=0, x1=1, y1=1, **settings(), api_name="/replace")
+                              seed_mode="session", seed=0, mask_mode="stroke", x0=0, y0=0, x1=1, y1=1,
+                              regenerate_above=False, **settings(), api_name="/replace")
     image3 = image_of(reedited)
     assert captions(reedited)[1] == "1: a yellow heart" and value(reedited[2]) == 1
+    assert status_of(reedited).startswith("Re-edited layer 1 'a yellow heart'") and "kept as they were" in \
+        status_of(reedited)
     assert_changed_only_inside(image2, image3, box_mask(STAR) | box_mask(CIRCLE))
     assert not np.array_equal(image3[box_mask(STAR)], image2[box_mask(STAR)])
 
@@ -147,7 +156,7 @@ def test_generate_edit_undo_redo_reedit_save_and_load_is_bit_identical(client, s
     assert np.array_equal(image_of(reopened), image3)
     assert captions(reopened) == captions(reedited)
 
-    exported = client.predict(api_name="/export")
+    exported = client.predict(export_format=".zip", api_name="/export")
     with zipfile.ZipFile(exported) as archive:
         manifest = json.loads(archive.read("manifest.json"))
         assert [layer["prompt"] for layer in manifest["layers"]] == ["a grass background", "a yellow heart",
@@ -156,6 +165,9 @@ def test_generate_edit_undo_redo_reedit_save_and_load_is_bit_identical(client, s
         assert np.array_equal(exported_image, image3)
         for layer in manifest["layers"]:
             assert {layer["image"], layer["layer"], layer["mask"]} <= set(archive.namelist())
+    layered = client.predict(export_format=".ora", api_name="/export")  # the format is the user's choice
+    with zipfile.ZipFile(layered) as archive:
+        assert archive.read("mimetype") == b"image/openraster" and "stack.xml" in archive.namelist()
 
 
 def test_hide_show_and_remove_a_layer(client, tmp_path):
@@ -163,12 +175,13 @@ def test_hide_show_and_remove_a_layer(client, tmp_path):
     star = edit(client, painted_canvas(tmp_path, background, STAR), "a red star")
     circle = edit(client, painted_canvas(tmp_path, star, CIRCLE), "a blue circle")
     hidden = client.predict(index=1, visible=False, api_name="/set_visible")
-    assert captions(hidden)[1] == "1: a red star (hidden)" and value(hidden[3]) is False
+    assert captions(hidden)[1] == "1: a red star (hidden)" and status_of(hidden).startswith("Layer 1 'a red star' hidden")
     assert np.array_equal(image_of(hidden)[box_mask(STAR)], image0[box_mask(STAR)])
     shown = client.predict(index=1, visible=True, api_name="/set_visible")
     assert np.array_equal(image_of(shown), image_of(circle))
     removed = client.predict(index=1, api_name="/remove")
     assert captions(removed) == ["0: a grass background", "1: a blue circle"]
+    assert status_of(removed).startswith("Removed layer 1 'a red star'")
     assert np.array_equal(image_of(removed)[box_mask(STAR)], image0[box_mask(STAR)])
 
 
@@ -196,7 +209,8 @@ def test_every_control_reaches_the_session(client, tmp_path):
     """Change one control at a time, edit, and read the new layer's recorded settings back."""
     changes = {"negative_prompt": "a dog", "num_inference_steps": 3, "guidance_scale": 3.0, "scheduler": "euler",
                "free_steps_ratio": 0.5, "attention": "qd-background", "background": "renoise", "preserve": "latents",
-               "mask_dilation": 1, "mask_feather": 0}
+               "mask_dilation": 1, "mask_feather": 0, "mask_fit": "whole", "bcg_mask": "binary",
+               "routing": "erode-dilate"}
     changes["guidance"] = "cfg"  # the only mode without a guidance adapter; see test_guidance_mode_control
     assert set(changes) == set(controls.SETTING_CONTROLS) & set(EditSettings.names())
     result = generate(client, seed=9)
@@ -204,7 +218,7 @@ def test_every_control_reaches_the_session(client, tmp_path):
     names = list(controls.SETTING_CONTROLS)
     for layer, (name, changed) in enumerate(changes.items(), start=1):
         result = edit(client, painted_canvas(tmp_path, result, STAR), "a red star", **{name: changed})
-        echoed = dict(zip(names, map(value, client.predict(index=layer, api_name="/select_layer")[4:-1]),
+        echoed = dict(zip(names, map(value, client.predict(index=layer, api_name="/select_layer")[4:4 + len(names)]),
                           strict=True))
         assert echoed[name] == changed, name
         if name != "guidance":
@@ -237,7 +251,7 @@ def test_two_browser_sessions_do_not_interfere(server, tmp_path):
     clients = {key: Client(url, verbose=False) for key in plans}
     backgrounds = {key: generate(clients[key], seed=plans[key][0]) for key in plans}
     jobs = {key: clients[key].submit(canvas=painted_canvas(tmp_path, backgrounds[key], plans[key][2]),
-                                     prompt=plans[key][1], seed_mode="session", seed=0, mask_mode="brush",
+                                     prompt=plans[key][1], seed_mode="session", seed=0, mask_mode="stroke",
                                      x0=0, y0=0, x1=1, y1=1, **settings(), api_name="/edit") for key in plans}
     results = {key: job.result(timeout=60) for key, job in jobs.items()}
     for key, (seed, prompt, box) in plans.items():
@@ -258,6 +272,8 @@ def test_errors_are_friendly_messages(client, tmp_path):
     assert "Traceback" not in str(raised.value)
     with pytest.raises(AppError, match="too long|longer|tokens"):
         generate(client, prompt=" ".join(["a red star"] * 20))
+    with pytest.raises(AppError, match="write a prompt"):  # an empty prompt is said, not run
+        edit(client, painted_canvas(tmp_path, background, STAR), "  ")
     (tmp_path / "notes.txt").write_text("not a project")
     with pytest.raises(AppError, match=r"\.lep"):
         client.predict(handle_file(str(tmp_path / "notes.txt")), api_name="/load")
@@ -275,7 +291,7 @@ def test_strokes_map_back_to_image_pixels():
     layer[3 * SCALE:5 * SCALE, 6 * SCALE:10 * SCALE, 3] = 255  # image pixels x 6..9, y 3..4
     layer[20 * SCALE, 20 * SCALE, 3] = 255  # one canvas pixel, not at an image pixel's centre
     value = {"background": None, "layers": [layer], "composite": None}
-    mask = mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE))
+    mask = mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "stroke")
     assert np.array_equal(mask, box_mask((6, 3, 10, 5)))
     assert mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "stroke box") == (6, 3, 21, 21)
     assert mask_from_canvas(value, (IMAGE_SIZE, IMAGE_SIZE), "box", (1, 2, 3, 4)) == (1, 2, 3, 4)
@@ -283,7 +299,7 @@ def test_strokes_map_back_to_image_pixels():
     thin = np.zeros_like(layer)
     thin[0, :, 3] = 255
     with pytest.raises(ValueError, match="too thin"):
-        mask_from_canvas({"layers": [thin]}, (IMAGE_SIZE, IMAGE_SIZE))
+        mask_from_canvas({"layers": [thin]}, (IMAGE_SIZE, IMAGE_SIZE), "stroke")
 
 
 def test_settings_controls_become_edit_settings():
@@ -326,9 +342,9 @@ def test_the_canvas_shows_the_image_upscaled_without_strokes():
     assert value["layers"] == [] and value["background"].shape == (IMAGE_SIZE * SCALE, IMAGE_SIZE * SCALE, 3)
     assert np.array_equal(value["background"][::SCALE, ::SCALE], image)
     assert np.array_equal(value["background"], image.repeat(SCALE, 0).repeat(SCALE, 1))
-    assert Handlers.canvas(None) is None  # the follow-up event after every change shows the session's image:
-    assert np.array_equal(Handlers.canvas(SimpleNamespace(image=Image.fromarray(image)))["background"],
-                          value["background"])
+    assert Handlers.canvas(None, None) is None  # the follow-up event after every change shows the session's image:
+    session = SimpleNamespace(image=Image.fromarray(image), layers=(SimpleNamespace(kind="background"),))
+    assert np.array_equal(Handlers.canvas(session, (0, 0))["background"], value["background"])
 
 
 def test_the_canvas_is_an_integer_upscale():
