@@ -390,3 +390,213 @@ def test_uploads_are_limited_and_the_server_binds_localhost(server):
     demo, url = server
     assert url.startswith("http://127.0.0.1:")
     assert demo.max_file_size is not None and demo.max_file_size <= 200 * 1024**2
+
+
+# ------------------------------------------------------------------------------------------ a scribble means "here"
+def stroke_layer(segments, scale=SCALE, radius=2) -> np.ndarray:
+    """A canvas stroke layer (RGBA) painting each segment ((x0, y0), (x1, y1)) in image px with a round brush."""
+    from PIL import ImageDraw
+
+    layer = Image.new("RGBA", (IMAGE_SIZE * scale, IMAGE_SIZE * scale))
+    draw = ImageDraw.Draw(layer)
+    for (x0, y0), (x1, y1) in segments:
+        points = [(x0 * scale, y0 * scale), (x1 * scale, y1 * scale)]
+        draw.line(points, fill=(255, 45, 117, 153), width=2 * radius * scale)
+        for x, y in points:
+            draw.ellipse((x - radius * scale, y - radius * scale, x + radius * scale, y + radius * scale),
+                         fill=(255, 45, 117, 153))
+    return np.asarray(layer)
+
+
+def test_a_zigzag_scribble_means_the_area_it_covers():
+    from ui.canvas import scribble_area
+
+    zigzag = [((8, 8), (22, 10)), ((22, 10), (8, 14)), ((8, 14), (22, 17)), ((22, 17), (9, 22))]
+    painted = stroke_layer(zigzag)[..., 3] > 0
+    area = mask_from_canvas({"layers": [stroke_layer(zigzag)]}, (IMAGE_SIZE, IMAGE_SIZE))  # the default mode
+    literal = mask_from_canvas({"layers": [stroke_layer(zigzag)]}, (IMAGE_SIZE, IMAGE_SIZE), "stroke")
+    assert np.array_equal(area, scribble_area(painted, (IMAGE_SIZE, IMAGE_SIZE)))
+    assert (literal <= area).all() and area.sum() > 1.3 * literal.sum()  # the gaps between the strokes are in
+    assert area[8:20, 10:20].all()  # the middle of the zigzag, including its gaps
+    assert not area[:4].any() and not area[26:].any() and not area[:, :4].any() and not area[:, 27:].any()
+
+
+def test_separate_dabs_become_one_area_and_the_margin_grows_it():
+    from ui.canvas import scribble_area
+
+    dabs = stroke_layer([((6, 6), (6, 6)), ((24, 8), (24, 8)), ((14, 24), (14, 24))])[..., 3] > 0
+    area = scribble_area(dabs, (IMAGE_SIZE, IMAGE_SIZE), margin=0.0)  # at least 1 px of margin anyway
+    assert area[14, 14] and area[8, 15] and area[16, 10]  # inside the triangle the three dabs span
+    grown = scribble_area(dabs, (IMAGE_SIZE, IMAGE_SIZE), margin=3 / IMAGE_SIZE)
+    assert (area <= grown).all() and grown.sum() > area.sum()
+    # The canvas may be any integer multiple of the image: the same scribble at 1x gives about the same area.
+    small = np.asarray(Image.fromarray(dabs).resize((IMAGE_SIZE, IMAGE_SIZE), Image.NEAREST))
+    assert (scribble_area(small, (IMAGE_SIZE, IMAGE_SIZE), 0.0) ^ area).sum() <= 0.1 * area.sum()
+
+
+def test_the_outlines_never_cover_an_image_pixel_centre():
+    from ui.canvas import ROUGH_OUTLINE, TIGHT_OUTLINE, draw_outlines, outline
+
+    tight, rough = box_mask((10, 10, 16, 15)), box_mask((6, 6, 24, 22))
+    image = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 40, dtype=np.uint8)
+    shown = draw_outlines(canvas_value(image)["background"], tight, rough, SCALE)
+    centres = shown[SCALE // 2::SCALE, SCALE // 2::SCALE]
+    assert np.array_equal(centres, image)  # what an image pixel shows at its centre is the pixel
+    assert (shown == TIGHT_OUTLINE).all(axis=2).sum() == outline(tight, SCALE, inside=True).sum()
+    assert (shown == ROUGH_OUTLINE).all(axis=2).any()  # dashed: some of the line
+    assert (shown == ROUGH_OUTLINE).all(axis=2).sum() < outline(rough, SCALE, inside=False).sum()
+    drawn = (shown != 40).any(axis=2)
+    assert not drawn[11 * SCALE:14 * SCALE, 11 * SCALE:15 * SCALE].any()  # the object's inside is untouched
+
+
+def test_a_photo_of_another_shape_is_cropped_or_fitted_and_says_so():
+    from ui.canvas import fit_photo
+
+    photo = Image.new("RGB", (300, 200), (200, 30, 30))
+    same, note = fit_photo(photo, (64, 64), "crop")
+    assert same is photo and "300x200" in note and "cropped" in note  # Session.start_from_image crops it
+    fitted, note = fit_photo(photo, (64, 64), "fit")
+    assert fitted.size == (64, 64) and "fitted" in note
+    pixels = np.asarray(fitted)
+    assert (pixels[32, :, 0] > 150).all()  # the whole width is the photo
+    assert np.array_equal(pixels[0, 0], (200, 30, 30))  # the bars: the photo's mean colour
+    square = Image.new("RGB", (128, 128))
+    assert fit_photo(square, (64, 64), "fit")[0] is square
+    with pytest.raises(ValueError, match="photo fit"):
+        fit_photo(photo, (64, 64), "stretch")
+
+
+# ------------------------------------------------------------------------------------------ the prompt box
+def test_the_prompt_check_counts_tokens_and_flags_unknown_words():
+    from tiny_models import MAX_TOKENS, tiny_tokenizer
+
+    from ui.prompts import check_prompt, closed_vocabulary
+
+    tokenizer = tiny_tokenizer()
+    ok = check_prompt(tokenizer, "a red star")
+    assert (ok.tokens, ok.window, ok.unknown, ok.too_long) == (5, MAX_TOKENS, (), False)
+    assert ok.markdown() == f"5 / {MAX_TOKENS} tokens"
+    long = check_prompt(tokenizer, " ".join(["a red star"] * 5))
+    assert long.too_long and f"17 / {MAX_TOKENS} tokens" in long.markdown() and "too long by 1" in long.markdown()
+    odd = check_prompt(tokenizer, "a lovely red Zebra star, lovely")
+    assert odd.unknown == ("lovely", "Zebra") and "'lovely', 'Zebra'" in odd.markdown()
+    assert check_prompt(tokenizer, "  ").empty and "empty" in check_prompt(tokenizer, " ").markdown()
+    words = closed_vocabulary(tokenizer)
+    assert "star" in words and "<unk>" not in words and words == sorted(words)
+
+
+def test_an_open_vocabulary_lists_no_words_and_flags_none():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from ui.prompts import check_prompt, closed_vocabulary
+
+    core = Tokenizer(models.BPE(vocab={"<unk>": 0, **{c: 1 + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}},
+                                merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    open_tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", model_max_length=77)
+    assert closed_vocabulary(open_tokenizer) is None  # any word splits into letters
+    assert check_prompt(open_tokenizer, "a lovely zebra").unknown == ()
+
+
+# ------------------------------------------------------------------------------------------ live preview and Cancel
+def test_a_run_shows_previews_every_few_steps_and_returns_the_result():
+    import queue
+    import threading
+
+    from ui.runs import Preview, run_with_preview
+
+    taken = queue.Queue()
+
+    def call(callback):
+        for step in range(10):
+            callback(None, step, 999 - step, {"latents": step})
+            if (step + 1) % 4 == 0:
+                taken.get(timeout=10)  # the model waits for the reader here, so no preview is skipped
+        return "the result"
+
+    run = run_with_preview(call, decode=lambda latents: np.full((2, 2, 3), latents, np.uint8), total=10,
+                           cancel=threading.Event(), every=4)
+    previews = []
+    with pytest.raises(StopIteration) as done:
+        while True:
+            previews.append(next(run))
+            taken.put(True)
+    assert done.value.value == "the result"
+    assert all(isinstance(p, Preview) and p.total == 10 for p in previews)
+    assert [(p.step, p.image[0, 0, 0]) for p in previews] == [(4, 3), (8, 7)]  # the latents after steps 4 and 8
+
+
+def test_cancel_stops_at_the_next_step_and_a_closed_run_is_cancelled():
+    import threading
+
+    from ui.runs import Cancelled, Runs, run_with_preview
+
+    reached = []
+    started = threading.Event()
+
+    def call(callback):
+        for step in range(1000):
+            reached.append(step)
+            started.set()
+            callback(None, step, 0, {"latents": step})
+            threading.Event().wait(0.002)
+        return "finished"
+
+    runs, key = Runs(), object()
+    flag = runs.start(key)
+    run = run_with_preview(call, decode=lambda latents: np.zeros((1, 1, 3), np.uint8), total=1000, cancel=flag)
+    thread = threading.Thread(target=lambda: started.wait(5) and runs.cancel(key))
+    thread.start()
+    with pytest.raises(Cancelled) as cancelled:
+        while True:
+            next(run)
+    thread.join()
+    assert cancelled.value.step == reached[-1] < 999
+    runs.finish(key)
+    assert runs.cancel(key) is False  # nothing runs now
+
+    reached.clear()
+    closed = run_with_preview(call, decode=lambda latents: None, total=1000, cancel=threading.Event(), every=1)
+    next(closed)  # the first preview: the call is running
+    closed.close()  # the tab went away: the call is cancelled and awaited
+    assert len(reached) < 1000
+
+
+def test_variations_seeds():
+    assert controls.variation_seeds("fixed", 5, 3) == [5, 6, 7]
+    assert len(set(controls.variation_seeds("random", None, 4))) == 4
+    with pytest.raises(ValueError, match="between 2 and"):
+        controls.variation_seeds("fixed", 5, 9)
+
+
+def test_preview_edit_adds_no_layer_and_edit_with_its_seed_paints_the_same(server):
+    """Session.preview_edit (variations): the session is unchanged, and edit() with the seed gives that layer."""
+    session = Session(server[0].handlers.pipeline)
+    session.generate("a grass background", seed=2, **settings())
+    before = session.layers
+    candidate = session.preview_edit("a red star", STAR, seed=11, **settings())
+    assert session.layers is before and not session.can_redo and len(session.layers) == 1
+    session.edit("a red star", STAR, seed=11, **settings())
+    assert np.array_equal(np.asarray(session.layers[1].image), np.asarray(candidate.image))
+    assert np.array_equal(np.asarray(session.layers[1].mask), np.asarray(candidate.mask))
+    with pytest.raises(Exception, match="no background"):
+        Session(server[0].handlers.pipeline).preview_edit("a red star", STAR)
+
+
+def test_nothing_drawn_is_said_in_the_status(monkeypatch):
+    shown = []
+    monkeypatch.setattr(gr_module(), "Warning", lambda message, **kwargs: shown.append(message))
+    layer = SimpleNamespace(prompt="a red circle", info={"changed_pixels": 1, "region_pixels": 400, "seconds": 0.5})
+    status = Handlers._edit_report(SimpleNamespace(layers=[None, layer]), 1, "Painted")
+    assert status.startswith("**Nothing was drawn** for 'a red circle'") and "larger area" in status
+    assert "another seed" in status and shown and "Nothing was drawn" in shown[0]
+    drawn = SimpleNamespace(prompt="a red circle", info={"changed_pixels": 90, "region_pixels": 400, "seconds": 0.5})
+    assert Handlers._edit_report(SimpleNamespace(layers=[None, drawn]), 1, "Painted").startswith(
+        "Painted layer 1 'a red circle': 90 px changed")
+
+
+def gr_module():
+    import gradio
+
+    return gradio
