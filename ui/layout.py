@@ -151,11 +151,12 @@ def create_components(pipeline, session_closed: Callable) -> Components:
     gr.Markdown(INTRO)
     found.update(_restore_row())
     with gr.Row():
-        with gr.Column(scale=4):
+        with gr.Column(scale=4, elem_id="canvas-column"):
             found.update(_canvas_column(pipeline.default_size))
         with gr.Column(scale=3):
             found.update(_prompt_panel(defaults, pipeline))
-            found.update(_layer_panel())
+            with gr.Column(elem_id="layer-panel"):
+                found.update(_layer_panel())
     settings = {"negative_prompt": found.pop("negative_prompt"), **_settings_panel(defaults, pipeline)}
     found.update(_files_panel())
     return Components(**found, settings={name: settings[name] for name in SETTING_CONTROLS})
@@ -196,10 +197,9 @@ def _canvas_column(size: tuple[int, int]) -> dict:
         found["mask_mode"] = gr.Radio(MASK_MODE_CHOICES, value="scribble", label="Mask from", elem_id="mask-mode",
                                       info="a scribble means 'here': its filled outline, a little grown")
     with gr.Row(equal_height=True, visible=False) as box_row:
-        found["box"] = (gr.Number(0, label="box x0", precision=0, minimum=0, min_width=70),
-                        gr.Number(0, label="y0", precision=0, minimum=0, min_width=70),
-                        gr.Number(width // 2, label="x1", precision=0, minimum=0, min_width=70),
-                        gr.Number(height // 2, label="y1", precision=0, minimum=0, min_width=70))
+        found["box"] = tuple(gr.Number(value, label=label, precision=0, minimum=0, min_width=70, elem_id=f"box-{name}")
+                             for name, label, value in (("x0", "box x0", 0), ("y0", "y0", 0),
+                                                        ("x1", "x1", width // 2), ("y1", "y1", height // 2)))
     found["box_row"] = box_row
     found["candidates"] = gr.Gallery(label="Variations: click one to keep it as a layer", elem_id="candidates",
                                      columns=MAX_VARIATIONS // 2, height="auto", format="png", allow_preview=False,
@@ -221,10 +221,10 @@ def _prompt_panel(defaults: EditSettings, pipeline) -> dict:
             gr.Markdown(vocabulary_markdown(words))
     found["negative_prompt"] = gr.Textbox(defaults.negative_prompt, label="Negative prompt", elem_id="negative")
     with gr.Row(equal_height=True):
-        found["seed_mode"] = gr.Radio(SEED_MODES, value="session", label="Seed", scale=3,
+        found["seed_mode"] = gr.Radio(SEED_MODES, value="session", label="Seed", scale=3, elem_id="seed-mode",
                                       info="session noise: edits reuse the background's noise")
         found["seed"] = gr.Number(7, label="Seed number", precision=0, minimum=0, maximum=MAX_UI_SEED, scale=1,
-                                  min_width=90)
+                                  min_width=90, elem_id="seed")
     with gr.Row(equal_height=True):
         found["generate_button"] = gr.Button("Generate background", elem_id="generate")
         found["edit_button"] = gr.Button("Edit in mask", variant="primary", elem_id="edit")
