@@ -229,19 +229,32 @@ def test_every_control_reaches_the_session(client, tmp_path):
 
 
 def test_generating_events_take_every_settings_control(server):
-    """generate, edit, replace and start_from_image all read the same settings controls."""
+    """generate, edit, Enter, replace, variations and start_from_image all read the same settings controls, then
+    the view id (a repeated click is recognised by it; HTTP clients may leave it out)."""
     config = server[0].config
     inputs = {dep["api_name"]: dep["inputs"] for dep in config["dependencies"] if dep.get("api_name")}
-    tail = inputs["edit"][-len(controls.SETTING_CONTROLS):]
-    for name in ("generate", "replace", "start_from_image"):
-        assert inputs[name][-len(controls.SETTING_CONTROLS):] == tail
+    count = len(controls.SETTING_CONTROLS)
+    tail = inputs["edit"][-count - 1:]
+    for name in ("generate", "submit", "replace", "variations", "start_from_image"):
+        assert inputs[name][-count - 1:] == tail
     # The HTTP API names each control's parameter after its setting (clients call predict(scheduler=...)).
     endpoints = server[0].get_api_info()["named_endpoints"]
     for name in ("generate", "edit", "replace", "start_from_image"):
-        parameters = [parameter["parameter_name"] for parameter in endpoints[f"/{name}"]["parameters"]]
-        assert parameters[-len(controls.SETTING_CONTROLS):] == list(controls.SETTING_CONTROLS)
+        parameters = endpoints[f"/{name}"]["parameters"]
+        assert [p["parameter_name"] for p in parameters][-count - 1:] == [*controls.SETTING_CONTROLS, "view"]
+        assert parameters[-1]["parameter_has_default"]
     assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]][:8] == [
         "canvas", "prompt", "seed_mode", "seed", "mask_mode", "x0", "y0", "x1"]
+
+
+def test_a_repeated_click_on_an_earlier_view_does_nothing(client, tmp_path):
+    """The second click of a double click carries the view the first one replaced: it is dropped."""
+    background = generate(client)
+    seen = value(background[4])  # the view id the browser holds, sent back with every click
+    first = edit(client, painted_canvas(tmp_path, background, STAR), "a red star", view=seen)
+    assert captions(first)[-1] == "1: a red star" and value(first[4]) != seen
+    edit(client, painted_canvas(tmp_path, background, STAR), "a red star", view=seen)  # the second click
+    assert captions(client.predict(api_name="/undo")) == ["0: a grass background"]  # one edit was made
 
 
 def test_two_browser_sessions_do_not_interfere(server, tmp_path):

@@ -79,13 +79,14 @@ def wire_events(demo: gr.Blocks, ui: Components, handlers: Handlers) -> None:
                          api_name=False, queue=False)
 
 
-def _wire(ui: Components, trigger, handler, inputs: list, outputs, settings: bool = False, **options):
-    """Wire `handler` to `trigger`: settings packed, names to components, errors friendly, gradio's marks on
-    the hidden `activity` component. `trigger` is an event listener, or None for an HTTP-API-only endpoint."""
+def _wire(ui: Components, trigger, handler, inputs: list, outputs, settings: bool = False, view: bool = False,
+          **options):
+    """Wire `handler` to `trigger`: settings packed (then the view id, with `view`), names to components, errors
+    friendly, gradio's marks on the hidden `activity` component. `trigger` is an event listener, or None for an
+    HTTP-API-only endpoint."""
     fn = named_outputs(ui, friendly(takes_settings(handler) if settings else handler))
     options = {"show_progress_on": [ui.activity], **options}
-    if settings:
-        inputs = [*inputs, *ui.setting_inputs()]
+    inputs = [*inputs, *(ui.setting_inputs() if settings else []), *([ui.view_id] if view else [])]
     if trigger is None:
         return gr.on(triggers=[], fn=fn, inputs=inputs, outputs=ui.named(outputs), **options)
     return trigger(fn, inputs, ui.named(outputs), **options)
@@ -101,10 +102,11 @@ def _wire_layer_events(ui: Components, handlers: Handlers) -> None:
             (ui.prompt.submit, handlers.submit, [ui.state, ui.canvas, *prompt_and_seed, *mask]),
             (ui.replace_button.click, handlers.replace,
              [ui.state, ui.selected_layer, ui.canvas, *prompt_and_seed, *mask, ui.regenerate_above])):
-        _wire(ui, trigger, handler, inputs, with_seed, settings=True, api_name=handler.__name__, **MODEL_EVENTS)
+        _wire(ui, trigger, handler, inputs, with_seed, settings=True, view=True, api_name=handler.__name__,
+              **MODEL_EVENTS)
     _wire(ui, ui.variations_button.click, handlers.variations,
           [ui.state, ui.canvas, *prompt_and_seed, *mask, ui.variations], (*RUN, *STAGING, "status"), settings=True,
-          api_name="variations", **MODEL_EVENTS)
+          view=True, api_name="variations", **MODEL_EVENTS)
     _wire(ui, ui.candidates.select, handlers.pick_from_gallery, [ui.state, ui.staging], (*RUN, *STAGING, "seed"),
           api_name=False, **MODEL_EVENTS)
     _wire(ui, ui.discard_button.click, handlers.discard, [ui.staging], (*STAGING, "status"), api_name=False)
@@ -116,12 +118,12 @@ def _wire_stack_events(ui: Components, handlers: Handlers) -> None:
     """The events that change the stack of layers: select, hide/show, remove, undo, redo, new session."""
     _wire(ui, ui.layer_list.select, handlers.select_from_list, [ui.state], SELECTION, api_name=False)
     _wire(ui, None, handlers.select_layer, [ui.state, ui.selected_layer], SELECTION, api_name="select_layer")
-    _wire(ui, ui.layer_list.input, handlers.toggle_from_list, [ui.state, ui.regenerate_above], VIEW,
+    _wire(ui, ui.layer_list.input, handlers.toggle_from_list, [ui.state, ui.regenerate_above, ui.view_id], VIEW,
           api_name=False, **MODEL_EVENTS)
     _wire(ui, None, handlers.set_visible, [ui.state, ui.selected_layer, ui.layer_visible, ui.regenerate_above], VIEW,
-          api_name="set_visible", **MODEL_EVENTS)
+          view=True, api_name="set_visible", **MODEL_EVENTS)
     _wire(ui, ui.remove_button.click, handlers.remove, [ui.state, ui.selected_layer, ui.regenerate_above], VIEW,
-          api_name="remove", **MODEL_EVENTS)
+          view=True, api_name="remove", **MODEL_EVENTS)
     _wire(ui, ui.undo_button.click, handlers.undo, [ui.state], VIEW, api_name="undo")
     _wire(ui, ui.redo_button.click, handlers.redo, [ui.state], VIEW, api_name="redo")
     _wire(ui, ui.reset_button.click, handlers.reset, [ui.state], VIEW, api_name="new_session")
@@ -132,9 +134,9 @@ def _wire_file_events(demo: gr.Blocks, ui: Components, handlers: Handlers) -> No
     photo_inputs = [ui.state, ui.photo, ui.photo_fit, ui.prompt, ui.seed_mode, ui.seed]
     photo_outputs = (*VIEW, "seed", "photo_confirm")
     _wire(ui, ui.photo_button.click, handlers.start_from_image, photo_inputs, photo_outputs, settings=True,
-          api_name="start_from_image", **MODEL_EVENTS)
+          view=True, api_name="start_from_image", **MODEL_EVENTS)
     _wire(ui, ui.photo_replace_button.click, handlers.replace_with_photo, photo_inputs, photo_outputs, settings=True,
-          api_name=False, **MODEL_EVENTS)
+          view=True, api_name=False, **MODEL_EVENTS)
     _wire(ui, ui.photo_keep_button.click, handlers.keep_editing, [], ("photo_confirm", "status"), api_name=False)
     _wire(ui, ui.project_upload.upload, handlers.load, [ui.state, ui.project_upload], VIEW, api_name="load",
           **MODEL_EVENTS)

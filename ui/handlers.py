@@ -49,9 +49,11 @@ SCRATCH_MAX_AGE_S = 3600  # saved projects / exports are kept this long for the 
 RUN_BUTTONS = ("generate_button", "edit_button", "variations_button", "replace_button", "remove_button",
                "undo_button", "redo_button", "reset_button", "photo_button", "photo_replace_button", "restore_button")
 # What every change shows; the first outputs of every event that changes the session, in this order.
-VIEW = ("state", "current", "layer_list", "selected_layer", "status", "undo_button", "redo_button", "canvas_key")
+VIEW = ("state", "current", "layer_list", "selected_layer", "status", "undo_button", "redo_button", "canvas_key",
+        "view_id")
 RUN = (*VIEW, *(name for name in RUN_BUTTONS if name not in VIEW), "preview", "cancel_button")
 STAGING = ("staging", "candidates", "discard_button")
+UNCHANGED = {"status": gr.update()}  # an update that changes nothing (an empty one would read as one value)
 OUTLINE_LEGEND = ", outlined: its object (solid yellow) and the area painted for it (dashed pink)"
 
 
@@ -110,6 +112,8 @@ class Handlers:
         self._autosave_ids: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._canvas_keys = itertools.count()
+        self._view_ids = itertools.count(1)
+        self._views: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()  # each one's last view
 
     # -------------------------------------------------------------- state and view
     def new_session(self) -> Session:
@@ -123,7 +127,10 @@ class Handlers:
         the status line (`message`, then the stack in brief), undo/redo, and a new canvas key (the canvas is
         refreshed by its own event: an ImageEditor that is an event's input and output loses its strokes)."""
         layers = session.layers if session is not None else ()
-        update = {"state": session, "undo_button": gr.update(interactive=bool(session and session.can_undo)),
+        view_id = next(self._view_ids)
+        if session is not None:
+            self._views[session] = view_id
+        update = {"state": session, "view_id": view_id, "undo_button": gr.update(interactive=bool(session and session.can_undo)),
                   "redo_button": gr.update(interactive=bool(session and session.can_redo))}
         if not layers:
             return {**update, "current": None, "layer_list": [], "selected_layer": None,
@@ -162,7 +169,10 @@ class Handlers:
         return canvas_value(session.image, layer)
 
     # -------------------------------------------------------------- creating layers
-    def generate(self, session, prompt, seed_mode, seed, settings: SettingsControls):
+    def generate(self, session, prompt, seed_mode, seed, settings: SettingsControls, view=None):
+        if self._repeated(session, view):
+            yield UNCHANGED
+            return
         self._require_prompt(prompt, "generate a background")
         session = self.session_or_new(session)
         chosen = pick_seed(seed_mode, seed)
@@ -180,7 +190,11 @@ class Handlers:
 
         yield from self._running(session, work, f"Painting the background '{prompt}'")
 
-    def edit(self, session, canvas, prompt, seed_mode, seed, mask_mode, x0, y0, x1, y1, settings: SettingsControls):
+    def edit(self, session, canvas, prompt, seed_mode, seed, mask_mode, x0, y0, x1, y1, settings: SettingsControls,
+             view=None):
+        if self._repeated(session, view):
+            yield UNCHANGED
+            return
         session = self._require_image(session, "edit")
         self._require_prompt(prompt, "edit")
         values = settings.edit_settings()
@@ -198,18 +212,21 @@ class Handlers:
         yield from self._running(session, work, f"Painting '{prompt}'")
 
     def submit(self, session, canvas, prompt, seed_mode, seed, mask_mode, x0, y0, x1, y1,
-               settings: SettingsControls):
+               settings: SettingsControls, view=None):
         """Enter in the prompt box: edit in the painted area, or generate a background when there is no image."""
         if session is None or not session.layers:
-            yield from self.generate(session, prompt, seed_mode, seed, settings)
+            yield from self.generate(session, prompt, seed_mode, seed, settings, view)
         else:
-            yield from self.edit(session, canvas, prompt, seed_mode, seed, mask_mode, x0, y0, x1, y1, settings)
+            yield from self.edit(session, canvas, prompt, seed_mode, seed, mask_mode, x0, y0, x1, y1, settings, view)
 
     def replace(self, session, index, canvas, prompt, seed_mode, seed, mask_mode, x0, y0, x1, y1, regenerate_above,
-                settings: SettingsControls):
+                settings: SettingsControls, view=None):
         """Re-edit the selected layer with the prompt, seed and settings in the controls; a mask painted on the
         canvas (or a box) replaces its mask, an empty canvas keeps it. The layers above stay as they were
         unless `regenerate_above`."""
+        if self._repeated(session, view):
+            yield UNCHANGED
+            return
         session = self._require_image(session, "re-edit a layer")
         index = self._index(session, index)
         values = settings.edit_settings()
@@ -231,8 +248,11 @@ class Handlers:
         yield from self._running(session, work, doing)
 
     def variations(self, session, canvas, prompt, seed_mode, seed, mask_mode, x0, y0, x1, y1, count,
-                   settings: SettingsControls):
+                   settings: SettingsControls, view=None):
         """Several candidates of one edit (seeds), shown side by side; none becomes a layer until picked."""
+        if self._repeated(session, view):
+            yield UNCHANGED
+            return
         session = self._require_image(session, "make variations")
         self._require_prompt(prompt, "make variations")
         values = settings.edit_settings()
@@ -290,9 +310,11 @@ class Handlers:
         return {**self._dropped(), "status": "Variations dropped." if staging is not None else gr.update()}
 
     def start_from_image(self, session, photo, photo_fit, prompt, seed_mode, seed, settings: SettingsControls,
-                         replace: bool = False):
+                         view=None, replace: bool = False):
         """Start from a photo (cropped or fitted to the model's size). On a session with layers it first asks;
         `replace` is the answer. The old session's autosave is kept (the session saves under a new id)."""
+        if self._repeated(session, view):
+            return UNCHANGED
         if photo is None:
             raise ValueError("upload a photo first")
         values = settings.edit_settings()
@@ -310,15 +332,18 @@ class Handlers:
         return {**self.view(session, 0, f"Started from the photo: {note}."), "seed": session.layers[0].seed,
                 "photo_confirm": gr.update(visible=False)}
 
-    def replace_with_photo(self, session, photo, photo_fit, prompt, seed_mode, seed, settings: SettingsControls):
-        return self.start_from_image(session, photo, photo_fit, prompt, seed_mode, seed, settings, replace=True)
+    def replace_with_photo(self, session, photo, photo_fit, prompt, seed_mode, seed, settings: SettingsControls,
+                           view=None):
+        return self.start_from_image(session, photo, photo_fit, prompt, seed_mode, seed, settings, view, replace=True)
 
     @staticmethod
     def keep_editing():
         return {"photo_confirm": gr.update(visible=False), "status": "Kept the current image."}
 
     # -------------------------------------------------------------- changing the stack
-    def set_visible(self, session, index, visible, regenerate_above=False):
+    def set_visible(self, session, index, visible, regenerate_above=False, view=None):
+        if self._repeated(session, view):
+            return UNCHANGED
         session = self._require_image(session, "hide or show a layer")
         index = self._index(session, index)
         session.set_visible(index, bool(visible), layers_above="regenerate" if regenerate_above else "keep")
@@ -326,10 +351,12 @@ class Handlers:
         layer = session.layers[index]
         return self.view(session, index, f"Layer {index} '{layer.prompt}' {'shown' if visible else 'hidden'}.")
 
-    def toggle_from_list(self, session, regenerate_above, evt: gr.EventData):
-        return self.set_visible(session, evt.index, evt.visible, regenerate_above)
+    def toggle_from_list(self, session, regenerate_above, view, evt: gr.EventData):
+        return self.set_visible(session, evt.index, evt.visible, regenerate_above, view)
 
-    def remove(self, session, index, regenerate_above=False):
+    def remove(self, session, index, regenerate_above=False, view=None):
+        if self._repeated(session, view):
+            return UNCHANGED
         session = self._require_image(session, "remove a layer")
         index = self._index(session, index)
         prompt = session.layers[index].prompt
@@ -377,7 +404,7 @@ class Handlers:
         """Cancel: the running edit stops at its next step and commits nothing."""
         if self.runs.cancel(session):
             return {"status": "Cancelling…"}
-        return {}
+        return UNCHANGED
 
     # -------------------------------------------------------------- small control events
     @staticmethod
@@ -547,6 +574,14 @@ class Handlers:
         with self._lock:
             self.live_sessions.add(session)
         return session
+
+    def _repeated(self, session, view) -> bool:
+        """A click on an earlier view of this session: the second click of a double click (or Enter pressed
+        twice), queued while the first one ran. Dropped, or it would do the same thing again."""
+        if view is None or session is None or self._views.get(session) in (None, view):
+            return False
+        gr.Info("Ignored a second click made before the image changed (a double click?).")
+        return True
 
     def _require_image(self, session, action: str) -> Session:
         if session is None or not session.layers:

@@ -105,6 +105,7 @@ class Components:
     layer_list: gr.HTML
     selected_layer: gr.Number
     layer_visible: gr.Checkbox
+    view_id: gr.Number
     regenerate_above: gr.Checkbox
     replace_button: gr.Button
     remove_button: gr.Button
@@ -244,6 +245,8 @@ def _layer_panel() -> dict:
     # The selection and the visibility a layer-list click sets; hidden, but the HTTP API's parameters.
     found["selected_layer"] = gr.Number(None, label="layer", precision=0, visible=False)
     found["layer_visible"] = gr.Checkbox(True, label="visible", visible=False)
+    # Which view of the session the browser shows: a click sends it, so a repeated click is recognised.
+    found["view_id"] = gr.Number(None, label="view", precision=0, visible=False)
     found["regenerate_above"] = gr.Checkbox(
         False, label="Regenerate the layers above", elem_id="regenerate-above",
         info="off: re-edit, hide and remove keep the layers above as they were; on: their edits run again")
