@@ -175,7 +175,8 @@ def test_hide_show_and_remove_a_layer(client, tmp_path):
     star = edit(client, painted_canvas(tmp_path, background, STAR), "a red star")
     circle = edit(client, painted_canvas(tmp_path, star, CIRCLE), "a blue circle")
     hidden = client.predict(index=1, visible=False, api_name="/set_visible")
-    assert captions(hidden)[1] == "1: a red star (hidden)" and status_of(hidden).startswith("Layer 1 'a red star' hidden")
+    assert captions(hidden)[1] == "1: a red star (hidden)"
+    assert status_of(hidden).startswith("Layer 1 'a red star' hidden")
     assert np.array_equal(image_of(hidden)[box_mask(STAR)], image0[box_mask(STAR)])
     shown = client.predict(index=1, visible=True, api_name="/set_visible")
     assert np.array_equal(image_of(shown), image_of(circle))

@@ -19,8 +19,7 @@ import os
 import re
 import shutil
 import socket
-import tempfile
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +63,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright  # CI installs playwright; only chromium may be missing
+    from playwright.sync_api import (
+        sync_playwright,  # CI installs playwright; only chromium may be missing
+    )
 
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
@@ -99,19 +100,23 @@ def session_of(server):
 
 
 @contextlib.contextmanager
-def slow_model(pipeline, seconds_per_step: float):
-    """The UNet takes `seconds_per_step` longer per call, so a person (or a test) can watch and cancel an edit."""
-    unet, forward = pipeline.unet, pipeline.unet.forward
+def paused_previews(pipeline, pause_at: int):
+    """The edit stops when it makes its preview number `pause_at` until the test releases it (the Event yielded),
+    so the test can look at an edit in progress and press Cancel on it, whatever the machine's speed."""
+    decode, made, release = pipeline.decode_latents, [], threading.Event()
 
-    def slowed(*args, **kwargs):
-        time.sleep(seconds_per_step)
-        return forward(*args, **kwargs)
+    def paused(latents):
+        made.append(1)
+        if len(made) == pause_at:
+            release.wait(timeout=RUN_S / 1000)
+        return decode(latents)
 
-    unet.forward = slowed
+    pipeline.decode_latents = paused
     try:
-        yield
+        yield release
     finally:
-        del unet.forward
+        release.set()
+        del pipeline.decode_latents
 
 
 # ------------------------------------------------------------------------------------------ page helpers
@@ -120,8 +125,11 @@ def status(page) -> str:
 
 
 def wait_status(page, text: str, timeout: int = RUN_S) -> str:
-    page.wait_for_function("(text) => document.querySelector('#status').innerText.includes(text)", arg=text,
-                           timeout=timeout)
+    try:
+        page.wait_for_function("(text) => document.querySelector('#status').innerText.includes(text)", arg=text,
+                               timeout=timeout)
+    except Exception as error:
+        raise AssertionError(f"the status never said {text!r}; it says {status(page)!r}") from error
     return status(page)
 
 
@@ -373,7 +381,7 @@ def test_the_layer_list_hides_selects_and_re_edits_keeping_the_layers_above(serv
         scribble(page, server, strokes)
         type_prompt(page, prompt)
         page.click("#edit")
-        wait_status(page, f"Painted layer")
+        wait_status(page, prompt)
         wait_idle(page)
         page.wait_for_timeout(300)
     wait_layers(page, 3)
@@ -420,17 +428,20 @@ def test_progress_shows_on_the_canvas_and_cancel_commits_nothing(server, page, s
     generate(page)
     scribble(page, server, [STROKE])
     type_prompt(page, "a red circle")
-    with slow_model(server[0].handlers.pipeline, 0.15):  # 20 steps: about 3 s to watch
+    with paused_previews(server[0].handlers.pipeline, pause_at=3) as release:  # previews after steps 4, 8, 12
         page.click("#edit")
-        page.locator("#preview img").wait_for(state="visible", timeout=RUN_S)
-        first = page.locator("#preview img").get_attribute("src")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('step 8 of 20')",
+                               timeout=RUN_S)  # the image forming after steps 4 and 8 has been shown
+        page.locator("#preview img").wait_for(state="visible")
         assert page.locator("#edit").is_disabled() and page.locator("#generate").is_disabled()
         assert page.locator("#undo").is_disabled() and page.locator("#cancel").is_visible()
-        assert re.search(r"step \d+ of 20", status(page))
-        page.wait_for_function("(src) => document.querySelector('#preview img')?.getAttribute('src') !== src",
-                               arg=first, timeout=RUN_S)  # the image forming changes as the steps go
+        preview = np.asarray(Image.open(io.BytesIO(page.request.get(
+            page.locator("#preview img").get_attribute("src")).body())).convert("RGB"))
+        assert preview.shape == (64, 64, 3) and not np.array_equal(preview, np.asarray(session_of().image))
         screenshot(page, "ui-live-preview.png", page.locator("#canvas-column"))
         page.click("#cancel")
+        wait_status(page, "Cancelling")
+        release.set()
         text = wait_status(page, "Cancelled")
     assert "nothing was committed" in text
     wait_idle(page)

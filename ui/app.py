@@ -35,7 +35,7 @@ CSS = """
 #canvas canvas, .pixelated img { image-rendering: pixelated; }
 #canvas-area { position: relative; }
 #preview { position: absolute; inset: 0; z-index: 50; background: var(--block-background-fill); }
-#preview img { width: 100%; height: 100%; object-fit: contain; }
+#preview img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 #status { min-height: 2.2em; }
 #prompt-check { min-height: 1.2em; font-size: 0.9em; }
 """
@@ -45,7 +45,8 @@ SHORTCUTS_JS = """() => {
   document.addEventListener('keydown', (event) => {
     if (!(event.ctrlKey || event.metaKey) || event.altKey || event.key.toLowerCase() !== 'z') return;
     const target = event.target;
-    if (target.closest && target.closest('input, textarea, select, [contenteditable=""], [contenteditable="true"]')) return;
+    const typing = 'input, textarea, select, [contenteditable=""], [contenteditable="true"]';
+    if (target.closest && target.closest(typing)) return;
     const button = document.querySelector(event.shiftKey ? '#redo' : '#undo');
     if (button && !button.disabled) { event.preventDefault(); button.click(); }
   });

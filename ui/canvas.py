@@ -187,7 +187,7 @@ def fit_photo(photo: Image.Image, size: tuple[int, int], how: str) -> tuple[Imag
         rgb = Image.alpha_composite(Image.new("RGBA", rgb.size, (255, 255, 255, 255)), rgb)
     rgb = rgb.convert("RGB")
     inner = ImageOps.contain(rgb, size, method=Image.Resampling.LANCZOS)
-    fill = tuple(int(round(v)) for v in np.asarray(rgb, dtype=np.float64).reshape(-1, 3).mean(axis=0))
+    fill = tuple(round(v) for v in np.asarray(rgb, dtype=np.float64).reshape(-1, 3).mean(axis=0))
     framed = Image.new("RGB", size, fill)
     framed.paste(inner, ((width - inner.width) // 2, (height - inner.height) // 2))
     return framed, (f"the whole {photo.width}x{photo.height} photo was fitted inside {width}x{height}, "

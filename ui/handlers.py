@@ -33,11 +33,27 @@ from PIL import Image
 from editor import Session
 from editor.session import nothing_drawn_limit
 from memory import MemoryStateError
+from pipelines import masks
 from ui.autosave import Autosave
 from ui.autosave import new_id as new_autosave_id
-from ui.canvas import canvas_value, display_scale, fit_photo, layer_name, layer_thumbnail, mask_from_canvas, upscale
-from ui.controls import (GUIDANCE_NOTE, SETTING_CONTROLS, SettingsControls, guidance_choices, pick_seed,
-                         variation_seeds, whole_number)
+from ui.canvas import (
+    canvas_value,
+    display_scale,
+    fit_photo,
+    layer_name,
+    layer_thumbnail,
+    mask_from_canvas,
+    upscale,
+)
+from ui.controls import (
+    GUIDANCE_NOTE,
+    SETTING_CONTROLS,
+    SettingsControls,
+    guidance_choices,
+    pick_seed,
+    variation_seeds,
+    whole_number,
+)
 from ui.errors import show_warnings
 from ui.prompts import check_prompt
 from ui.runs import Cancelled, Runs, run_with_preview
@@ -130,7 +146,8 @@ class Handlers:
         view_id = next(self._view_ids)
         if session is not None:
             self._views[session] = view_id
-        update = {"state": session, "view_id": view_id, "undo_button": gr.update(interactive=bool(session and session.can_undo)),
+        update = {"state": session, "view_id": view_id,
+                  "undo_button": gr.update(interactive=bool(session and session.can_undo)),
                   "redo_button": gr.update(interactive=bool(session and session.can_redo))}
         if not layers:
             return {**update, "current": None, "layer_list": [], "selected_layer": None,
@@ -181,8 +198,8 @@ class Handlers:
         values = settings.edit_settings()
 
         def work(cancel):
-            yield from self._stream(lambda callback: session.generate(prompt, seed=chosen, callback_on_step_end=callback,
-                                                                      **values),
+            yield from self._stream(lambda callback: session.generate(
+                prompt, seed=chosen, callback_on_step_end=callback, **values),
                                     values["num_inference_steps"], f"Painting the background '{prompt}'", cancel)
             top = session.layers[-1]
             message = f"Painted the background '{prompt}' (seed {top.seed}) in {top.info.get('seconds', 0):.1f} s."
@@ -200,11 +217,12 @@ class Handlers:
         values = settings.edit_settings()
         mask = self._mask(canvas, session, mask_mode, (x0, y0, x1, y1))
         chosen = pick_seed(seed_mode, seed)
+        area = self._area(session, mask)
 
         def work(cancel):
             yield from self._stream(lambda callback: session.edit(prompt, mask, seed=chosen,
                                                                   callback_on_step_end=callback, **values),
-                                    values["num_inference_steps"], f"Painting '{prompt}'", cancel)
+                                    values["num_inference_steps"], f"Painting '{prompt}'", cancel, area)
             index = len(session.layers) - 1
             return {**self.view(session, index, self._edit_report(session, index, "Painted")),
                     "seed": session.layers[index].seed}
@@ -233,15 +251,17 @@ class Handlers:
         mask = None if index == 0 else mask_from_canvas(canvas, session.size, mask_mode, (x0, y0, x1, y1))
         layers_above = "regenerate" if regenerate_above else "keep"
         above = len(session.layers) - index - 1
+        area = None if index == 0 else self._area(session, mask if mask is not None else
+                                                  np.asarray(session.layers[index].user_mask) > 0)
         doing = f"Re-painting layer {index}" + (f" and regenerating the {plural(above, 'layer')} above"
                                                 if above and regenerate_above else "")
 
         def work(cancel):
             yield from self._stream(lambda callback: session.replace(
                 index, prompt=prompt or None, mask=mask, seed=pick_seed(seed_mode, seed), layers_above=layers_above,
-                callback_on_step_end=callback, **values), values["num_inference_steps"], doing, cancel)
-            kept = (f" The {plural(above, 'layer')} above {'were regenerated' if regenerate_above else 'kept as they were'}."
-                    if above else "")
+                callback_on_step_end=callback, **values), values["num_inference_steps"], doing, cancel, area)
+            how = "were regenerated" if regenerate_above else "kept as they were"
+            kept = f" The {plural(above, 'layer')} above {how}." if above else ""
             return {**self.view(session, index, self._edit_report(session, index, "Re-edited") + kept),
                     "seed": session.layers[index].seed}
 
@@ -258,6 +278,7 @@ class Handlers:
         values = settings.edit_settings()
         mask = self._mask(canvas, session, mask_mode, (x0, y0, x1, y1))
         seeds = variation_seeds(seed_mode, seed, count)
+        area = self._area(session, mask)
 
         def work(cancel):
             made = []
@@ -266,7 +287,7 @@ class Handlers:
                 record = yield from self._stream(
                     lambda callback, chosen=chosen: session.preview_edit(prompt, mask, seed=chosen,
                                                                          callback_on_step_end=callback, **values),
-                    values["num_inference_steps"], f"Variation {number} of {len(seeds)} of '{prompt}'", cancel)
+                    values["num_inference_steps"], f"Variation {number} of {len(seeds)} of '{prompt}'", cancel, area)
                 made.append(Candidate(np.asarray(record.image), chosen, nothing_drawn(record.info)))
                 del record  # only the image is kept: the candidate's memory goes now
                 yield {"candidates": gr.update(value=self._candidate_items(made))}
@@ -294,7 +315,8 @@ class Handlers:
         def work(cancel):
             yield from self._stream(lambda callback: session.edit(
                 staging.prompt, staging.mask, seed=candidate.seed, callback_on_step_end=callback, **staging.settings),
-                staging.settings["num_inference_steps"], f"Keeping variation {index + 1}", cancel)
+                staging.settings["num_inference_steps"], f"Keeping variation {index + 1}", cancel,
+                self._area(session, staging.mask))
             top = len(session.layers) - 1
             if not np.array_equal(np.asarray(session.layers[top].image), candidate.image):
                 log.warning("variation %d (seed %d) painted differently when kept", index + 1, candidate.seed)
@@ -320,8 +342,9 @@ class Handlers:
         values = settings.edit_settings()
         if session is not None and session.layers and not replace:
             return {"photo_confirm": gr.update(visible=True),
-                    "status": f"Starting from the photo replaces the current image ({plural(len(session.layers), 'layer')})"
-                              ". Its autosave is kept (Restore lists it) and Undo brings it back. Replace it?"}
+                    "status": "Starting from the photo replaces the current image "
+                              f"({plural(len(session.layers), 'layer')}). Its autosave is kept (Restore lists it) "
+                              "and Undo brings it back. Replace it?"}
         session = self.session_or_new(session)
         picture, note = fit_photo(photo, self.pipeline.default_size, photo_fit)
         if session.layers:
@@ -511,10 +534,11 @@ class Handlers:
             controls["redo_button"] = gr.update(interactive=bool(session and session.can_redo))
         return {**controls, "cancel_button": gr.update(visible=busy), "preview": gr.update(visible=False)}
 
-    def _stream(self, call, steps: int, doing: str, cancel):
+    def _stream(self, call, steps: int, doing: str, cancel, area=None):
         """Run `call(callback_on_step_end)` with the image forming shown every few steps; returns its result.
-        The library's warnings raised meanwhile become toasts afterwards (except "nothing drawn": the handler
-        says that in the status line)."""
+        `area` (the image, a bool region): the preview shows the forming image there, the image elsewhere. The
+        library's warnings raised meanwhile become toasts afterwards (except "nothing drawn": the handler says
+        that in the status line)."""
         caught = []
 
         def watched(callback):
@@ -532,12 +556,14 @@ class Handlers:
             except StopIteration as done:
                 show_warnings(caught)
                 return done.value
-            yield {"preview": gr.update(value=self._shown(preview.image), visible=True),
+            shown = preview.image if area is None else np.where(area[1][..., None], preview.image, area[0])
+            yield {"preview": gr.update(value=shown, visible=True),  # the browser scales it up (CSS)
                    "status": f"{doing}: step {preview.step} of {preview.total}…"}
 
     @staticmethod
-    def _shown(pixels: np.ndarray) -> np.ndarray:
-        return upscale(pixels, display_scale((pixels.shape[1], pixels.shape[0])))
+    def _area(session, mask) -> tuple[np.ndarray, np.ndarray]:
+        """(the current image, the region `mask` covers): where a preview shows the edit forming."""
+        return np.asarray(session.image), masks.to_binary(mask, session.size)
 
     @staticmethod
     def _edit_report(session, index: int, verb: str) -> str:

@@ -16,8 +16,15 @@ from editor import EditSettings
 from editor import settings as settings_module
 from editor.export import EXPORT_FORMATS
 from ui.canvas import CANVAS_TARGET, PHOTO_FITS, brush_size, display_scale
-from ui.controls import (GUIDANCE_NOTE, MASK_MODE_CHOICES, MAX_UI_SEED, MAX_VARIATIONS, SEED_MODES, SETTING_CONTROLS,
-                         guidance_choices)
+from ui.controls import (
+    GUIDANCE_NOTE,
+    MASK_MODE_CHOICES,
+    MAX_UI_SEED,
+    MAX_VARIATIONS,
+    SEED_MODES,
+    SETTING_CONTROLS,
+    guidance_choices,
+)
 from ui.prompts import closed_vocabulary, vocabulary_markdown
 
 SESSION_IDLE_TTL_S = 24 * 3600  # a tab's Session is freed after a day without a change (its autosave stays)
@@ -29,12 +36,11 @@ EXPORT_LABELS = {".ora": "OpenRaster .ora (Krita, GIMP)", ".psd": "Photoshop .ps
 
 # The layer list: a row per layer, top layer first, as painting programs show it. Values are escaped by the
 # template; clicks are delegated from the list (its rows are re-rendered on every change).
-EYE_OPEN = ('<svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"><path d="M1 12s4-7 11-7 11 7 11 7-4 7-11 '
-            '7S1 12 1 12z" fill="none" stroke="currentColor" stroke-width="2"/><circle cx="12" cy="12" r="3" '
+EYE = '<svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"><path d="M1 12s4-7 11-7 11 7 11 7-4 7-11 '
+EYE_OPEN = (EYE + '7S1 12 1 12z" fill="none" stroke="currentColor" stroke-width="2"/><circle cx="12" cy="12" r="3" '
             'fill="currentColor"/></svg>')
-EYE_SHUT = ('<svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"><path d="M1 12s4-7 11-7 11 7 11 7-4 7-11 '
-            '7S1 12 1 12z" fill="none" stroke="currentColor" stroke-width="2" opacity="0.5"/><path d="M3 3l18 18" '
-            'stroke="currentColor" stroke-width="2.5"/></svg>')
+EYE_SHUT = (EYE + '7S1 12 1 12z" fill="none" stroke="currentColor" stroke-width="2" opacity="0.5"/>'
+            '<path d="M3 3l18 18" stroke="currentColor" stroke-width="2.5"/></svg>')
 LAYER_LIST_TEMPLATE = """<ol class="layer-list" aria-label="Layers">{{#each value}}
 <li class="layer{{#if selected}} selected{{/if}}{{#unless visible}} hidden{{/unless}}" data-index="{{index}}"
     title="click to select this layer">
@@ -60,7 +66,8 @@ LAYER_LIST_CSS = """
 .layer.hidden .thumb, .layer.hidden .name { opacity: 0.45; }
 .thumb { width: 48px; height: 48px; image-rendering: pixelated; border-radius: 4px; flex: none; margin: 0; }
 .name { flex: 1; overflow-wrap: anywhere; }
-.eye { flex: none; display: flex; align-items: center; gap: 4px; border: 1px solid var(--border-color-primary); border-radius: 4px; padding: 2px 6px;
+.eye { flex: none; display: flex; align-items: center; gap: 4px; padding: 2px 6px;
+       border: 1px solid var(--border-color-primary); border-radius: 4px;
        background: var(--button-secondary-background-fill); cursor: pointer; }
 """
 ADVANCED_NOTES = {
