@@ -166,7 +166,8 @@ def choose_seed(page, seed: int | None) -> None:
     if seed is None:
         page.locator("#seed-mode").get_by_text("session noise").click()
         return
-    page.locator("#seed-mode").get_by_text("this number").click()
+    if not page.locator("#seed-mode input[value=fixed]").is_checked():
+        page.locator("#seed-mode").get_by_text("this number").click()
     page.locator("#seed input").fill(str(seed))
     page.locator("#seed input").press("Tab")
 
@@ -179,37 +180,33 @@ def image_rect(page, image_size, scale):
     return box["x"] + (box["width"] - width) / 2, box["y"] + (box["height"] - height) / 2, width, height
 
 
-# One stroke as the editor receives it from a mouse: move over the image, press, move, release. The pointer events
-# are dispatched in the page, all at once: Playwright's mouse.move waits for a rendered frame after every move,
-# which takes about a second with software WebGL on a busy CPU; the editor's brush handles these events alike.
-DRAG_JS = """(points) => {
+# Strokes as the editor receives them from a mouse: per stroke, move over the image, press, move, release. The
+# pointer events are dispatched in the page, all at once: Playwright's mouse.move waits for a rendered frame after
+# every move, about a second with software WebGL on a busy CPU; the editor's brush handles these events alike.
+DRAG_JS = """(strokes) => {
   const canvas = document.querySelector('#canvas canvas');
   const fire = (type, [x, y]) => canvas.dispatchEvent(new PointerEvent(type, {clientX: x, clientY: y,
       bubbles: true, cancelable: true, pointerId: 1, pointerType: 'mouse', isPrimary: true, button: 0,
       buttons: type === 'pointerup' ? 0 : 1}));
-  fire('pointermove', points[0]);
-  fire('pointerdown', points[0]);
-  for (const point of points.slice(1)) fire('pointermove', point);
-  fire('pointerup', points[points.length - 1]);
+  for (const points of strokes) {
+    fire('pointermove', points[0]);
+    fire('pointerdown', points[0]);
+    for (const point of points.slice(1)) fire('pointermove', point);
+    fire('pointerup', points[points.length - 1]);
+  }
 }"""
 
 
-def paint(page, rect, path, steps=8) -> None:
-    """Drag along the polyline `path` (fractions of the image) with the button held: one stroke."""
-    left, top, width, height = rect
-    points = [(left + width * (a[0] + (b[0] - a[0]) * k / steps), top + height * (a[1] + (b[1] - a[1]) * k / steps))
-              for a, b in zip(path, path[1:]) for k in range(steps + 1)]
-    page.evaluate(DRAG_JS, points)
-    page.wait_for_timeout(100)
-
-
-def scribble(page, server, strokes) -> None:
+def scribble(page, server, strokes, steps=8) -> None:
+    """Drag along each polyline of `strokes` (fractions of the image) with the button held: one stroke each."""
     from ui.canvas import display_scale
 
     size = server[0].handlers.pipeline.default_size
-    rect = image_rect(page, size, display_scale(size))
-    for stroke in strokes:
-        paint(page, rect, stroke)
+    left, top, width, height = image_rect(page, size, display_scale(size))
+    page.evaluate(DRAG_JS, [[(left + width * (a[0] + (b[0] - a[0]) * k / steps),
+                              top + height * (a[1] + (b[1] - a[1]) * k / steps))
+                             for a, b in zip(path, path[1:]) for k in range(steps + 1)] for path in strokes])
+    page.wait_for_timeout(100)
 
 
 def canvas_pixels(page, size) -> np.ndarray:
