@@ -529,8 +529,9 @@ def test_a_run_shows_previews_every_few_steps_and_returns_the_result():
                 taken.get(timeout=10)  # the model waits for the reader here, so no preview is skipped
         return "the result"
 
+    flag = threading.Event()
     run = run_with_preview(call, decode=lambda latents: np.full((2, 2, 3), latents, np.uint8), total=10,
-                           cancel=threading.Event(), every=4)
+                           cancel=flag, every=4)
     previews = []
     with pytest.raises(StopIteration) as done:
         while True:
@@ -539,6 +540,7 @@ def test_a_run_shows_previews_every_few_steps_and_returns_the_result():
     assert done.value.value == "the result"
     assert all(isinstance(p, Preview) and p.total == 10 for p in previews)
     assert [(p.step, p.image[0, 0, 0]) for p in previews] == [(4, 3), (8, 7)]  # the latents after steps 4 and 8
+    assert not flag.is_set()  # a run that ended leaves the tab's flag alone (the next variation runs on it)
 
 
 def test_cancel_stops_at_the_next_step_and_a_closed_run_is_cancelled():

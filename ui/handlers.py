@@ -296,7 +296,7 @@ class Handlers:
                        f"{len(session.layers)}; the others are dropped.")
             return {"staging": staging, "discard_button": gr.update(visible=True), "status": message}
 
-        yield from self._running(session, work, f"Variations of '{prompt}'", clean=self._dropped())
+        yield from self._running(session, work, f"Variations of '{prompt}'", clean=self._dropped(), changes=False)
 
     def pick_candidate(self, session, staging, index):
         """Keep candidate `index` of the staged variations as a layer: the edit runs again with its seed (the
@@ -506,10 +506,11 @@ class Handlers:
             log.info("browser session closed: %d layers freed from memory", len(session.layers))
 
     # -------------------------------------------------------------- running the model
-    def _running(self, session, work, doing: str, clean: dict | None = None):
+    def _running(self, session, work, doing: str, clean: dict | None = None, changes: bool = True):
         """Run `work(cancel)` (a generator of updates returning the final one) with the app busy: buttons off,
         Cancel on. After Cancel or an error the controls come back and nothing else changes (`clean`: what
-        the work showed that must go again); the error is raised on for the wiring to report."""
+        the work showed that must go again); the error is raised on for the wiring to report. The session is
+        autosaved after work that `changes` it."""
         cancel = self.runs.start(session)
         idle = clean or {}
         try:
@@ -524,7 +525,8 @@ class Handlers:
             raise
         finally:
             self.runs.finish(session)
-        self.autosave_session(session)
+        if changes:
+            self.autosave_session(session)
         yield {**self._controls(session, busy=False), **final}
 
     def _controls(self, session, busy: bool) -> dict:
@@ -550,15 +552,18 @@ class Handlers:
                     caught.extend(found)
 
         previews = run_with_preview(watched, self.pipeline.decode_latents, steps, cancel)
-        while True:
-            try:
-                preview = next(previews)
-            except StopIteration as done:
-                show_warnings(caught)
-                return done.value
-            shown = preview.image if area is None else np.where(area[1][..., None], preview.image, area[0])
-            yield {"preview": gr.update(value=shown, visible=True),  # the browser scales it up (CSS)
-                   "status": f"{doing}: step {preview.step} of {preview.total}…"}
+        try:
+            while True:
+                try:
+                    preview = next(previews)
+                except StopIteration as done:
+                    show_warnings(caught)
+                    return done.value
+                shown = preview.image if area is None else np.where(area[1][..., None], preview.image, area[0])
+                yield {"preview": gr.update(value=shown, visible=True),  # the browser scales it up (CSS)
+                       "status": f"{doing}: step {preview.step} of {preview.total}…"}
+        finally:
+            previews.close()  # the tab went away mid-run: the call is cancelled and awaited
 
     @staticmethod
     def _area(session, mask) -> tuple[np.ndarray, np.ndarray]:

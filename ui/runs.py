@@ -47,7 +47,7 @@ class Runs:
         """Register a run for `key` (the browser session); one at a time per key."""
         with self._lock:
             if id(key) in self._cancel:
-                raise RuntimeError("an edit is already running in this tab: wait for it or press Cancel")
+                raise ValueError("an edit is already running in this tab: wait for it or press Cancel")
             flag = self._cancel[id(key)] = threading.Event()
         return flag
 
@@ -90,6 +90,7 @@ def run_with_preview(call: Callable[[Callable], object], decode: Callable[[objec
 
     worker = threading.Thread(target=work, name="layered-edit-run", daemon=True)
     worker.start()
+    kind = "preview"
     try:
         while True:
             kind, value = news.get()
@@ -102,6 +103,6 @@ def run_with_preview(call: Callable[[Callable], object], decode: Callable[[objec
             else:
                 raise value
     finally:
-        if worker.is_alive():
+        if kind == "preview":  # closed before the call ended: stop it (the flag is the tab's: only then)
             cancel.set()
-            worker.join()
+        worker.join()
