@@ -167,14 +167,21 @@ class Session:
         With preserve="pixels" (default) no pixel outside the (dilated) mask changes.
         `seed`: None shares the session's initial noise (keeps untouched regions coherent).
         """
-        self._require_background("edit")
-        config = self._defaults.updated(**settings)
-        binary = masks.to_binary(mask, self.size)
-        own_seed = None if seed is None else _check_seed(seed)
-        record = self._paint_edit(prompt, binary, config, own_seed, self.layers, callback_on_step_end)
+        record = self._new_edit("edit", prompt, mask, seed, callback_on_step_end, settings)
         self._memory.push(record)
         _warn_if_nothing_drawn(record)
         return self.image
+
+    def preview_edit(self, prompt: str, mask, *, seed: int | None = None,
+                     callback_on_step_end: Callable | None = None, **settings) -> LayerRecord:
+        """The layer edit() would add, without adding it: the session does not change.
+
+        For variations: preview a few seeds, then edit() with the chosen seed paints that same layer (the
+        pipeline is deterministic). Warns NothingDrawnWarning as edit() does.
+        """
+        record = self._new_edit("preview an edit", prompt, mask, seed, callback_on_step_end, settings)
+        _warn_if_nothing_drawn(record)
+        return record
 
     # ------------------------------------------------------------------ changing earlier layers
     def replace(self, index: int, *, prompt: str | None = None, mask=None, seed: int | None = None,
@@ -290,6 +297,12 @@ class Session:
         if not 0 <= index < len(self.layers):
             raise IndexError(f"cannot {action} layer {index}: the session has layers 0..{len(self.layers) - 1}")
         return self.layers[index]
+
+    def _new_edit(self, action: str, prompt, mask, seed, callback, settings: dict) -> LayerRecord:
+        self._require_background(action)
+        own_seed = None if seed is None else _check_seed(seed)
+        return self._paint_edit(prompt, masks.to_binary(mask, self.size), self._defaults.updated(**settings),
+                                own_seed, self.layers, callback)
 
     def _paint_background(self, prompt, config: EditSettings, seed: int, size, callback) -> LayerRecord:
         width, height = size

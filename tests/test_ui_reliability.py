@@ -254,7 +254,8 @@ def run_load_test(pipeline, model, autosave: Autosave, launch_app, steps: int, m
     """CLIENTS browser sessions at once, each: generate + EDITS edits (box masks), then close. Returns numbers."""
     demo, url = launch_app(pipeline, model, autosave, max_queue=max_queue)
     handlers = demo.handlers
-    [state] = [block for block in demo.blocks.values() if isinstance(block, State)]
+    state = demo.components.state  # the tab's Session (the app's other states are small values)
+    assert isinstance(state, State)
     assert (state.time_to_live, state.delete_callback) == (SESSION_IDLE_TTL_S, handlers.session_closed)
     counts = {"completed": 0, "refused": 0, "in_flight": 0, "max_in_flight": 0, "max_live_sessions": 0}
     lock = threading.Lock()

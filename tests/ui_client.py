@@ -21,11 +21,14 @@ CIRCLE = (18, 16, 29, 27)
 
 def settings(**changes) -> dict:
     """Values for the settings controls: the defaults, with few steps so the tests are fast."""
-    values = {name: getattr(EditSettings(), name) for name in SETTING_CONTROLS}
+    values = {name: getattr(EditSettings(), name, "cfg") for name in SETTING_CONTROLS}
     values.update({"num_inference_steps": STEPS, **changes})
     return values
 
 
+
+# Every event that changes the session returns the view first: the current image, the layer list, the selected
+# layer, the status (ui.handlers.VIEW, less the states, which the HTTP API does not return).
 def image_of(result) -> np.ndarray:
     """The current image a view shows (the 'actual pixels' image output)."""
     return np.asarray(Image.open(result[0]).convert("RGB"))
@@ -37,7 +40,12 @@ def value(output):
 
 
 def captions(result) -> list[str]:
-    return [item["caption"] for item in result[1]]
+    """The layer list as "index: name", with " (hidden)" for a hidden layer, bottom layer first."""
+    return [f"{row['index']}: {row['name']}" + ("" if row["visible"] else " (hidden)") for row in value(result[1])]
+
+
+def status_of(result) -> str:
+    return value(result[3])
 
 
 def box_mask(box) -> np.ndarray:
@@ -68,7 +76,7 @@ def generate(client, prompt="a grass background", seed=3, **changes):
     return client.predict(prompt=prompt, seed_mode="fixed", seed=seed, **settings(**changes), api_name="/generate")
 
 
-def edit(client, canvas, prompt, seed_mode="session", mask_mode="brush", box=(0, 0, 1, 1), **changes):
+def edit(client, canvas, prompt, seed_mode="session", mask_mode="stroke", box=(0, 0, 1, 1), **changes):
     x0, y0, x1, y1 = box
     return client.predict(canvas=canvas, prompt=prompt, seed_mode=seed_mode, seed=0, mask_mode=mask_mode,
                           x0=x0, y0=y0, x1=x1, y1=y1, **settings(**changes), api_name="/edit")
@@ -78,3 +86,5 @@ def assert_changed_only_inside(before, after, mask):
     changed = (before != after).any(axis=2)
     assert changed.any(), "the edit changed nothing"
     assert not (changed & ~mask).any(), "pixels outside the mask changed"
+
+

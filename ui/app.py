@@ -4,7 +4,8 @@ The app is put together from its parts, each one idea:
 - ui/layout.py: `create_components`, the layout (no events);
 - ui/events.py: `wire_events`, which event of which component calls which handler;
 - ui/handlers.py: `Handlers`, plain functions of component values that call editor.Session (no diffusion code);
-- ui/controls.py, ui/canvas.py: pure helpers for control values and the canvas (exports: editor/export.py).
+- ui/controls.py, ui/canvas.py, ui/prompts.py: pure helpers for control values, the canvas and the prompt box;
+- ui/runs.py: a model call in a worker thread, with the live preview and Cancel (exports: editor/export.py).
 
 Every change to a browser session is autosaved (ui/autosave.py) when the app has an autosave folder; on
 page load the app offers to restore one of the newest autosaves. A closed tab's Session is freed at once
@@ -31,9 +32,25 @@ MAX_UPLOAD = "200mb"  # photos and .lep projects; an SD project with many layers
 MAX_QUEUE = 16  # events waiting for a worker, all tabs together; beyond it a click is refused ("queue is full")
 
 CSS = """
-#canvas canvas, #layers img, .pixelated img { image-rendering: pixelated; }
+#canvas canvas, .pixelated img { image-rendering: pixelated; }
+#canvas-area { position: relative; }
+#preview { position: absolute; inset: 0; z-index: 50; background: var(--block-background-fill); }
+#preview img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 #status { min-height: 2.2em; }
+#prompt-check { min-height: 1.2em; font-size: 0.9em; }
 """
+# Ctrl+Z / Ctrl+Shift+Z (Cmd on a Mac) press Undo / Redo, unless the focus is in a text box, where they edit
+# the text. The app's own buttons are clicked, so a disabled one does nothing.
+SHORTCUTS_JS = """() => {
+  document.addEventListener('keydown', (event) => {
+    if (!(event.ctrlKey || event.metaKey) || event.altKey || event.key.toLowerCase() !== 'z') return;
+    const target = event.target;
+    const typing = 'input, textarea, select, [contenteditable=""], [contenteditable="true"]';
+    if (target.closest && target.closest(typing)) return;
+    const button = document.querySelector(event.shiftKey ? '#redo' : '#undo');
+    if (button && !button.disabled) { event.preventDefault(); button.click(); }
+  });
+}"""
 
 
 def build_app(pipeline, model: str | None = None, autosave: Autosave | None = None) -> gr.Blocks:
@@ -61,7 +78,7 @@ def launch_app(demo: gr.Blocks, *, host: str = DEFAULT_HOST, port: int | None = 
                            font_mono=["ui-monospace", "monospace"])  # no web fonts: the app works offline
     return demo.queue(default_concurrency_limit=4, max_size=max_queue).launch(
         server_name=host, server_port=port, share=False, show_error=True, max_file_size=max_file_size,
-        prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, theme=theme, css=CSS,
+        prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, theme=theme, css=CSS, js=SHORTCUTS_JS,
         footer_links=["api"], inbrowser=False)
 
 

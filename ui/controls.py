@@ -14,10 +14,14 @@ import numpy as np
 
 from editor import EditSettings
 from editor.settings import SCHEDULERS
+from ui.canvas import MASK_MODES
 
 MAX_UI_SEED = 2**31 - 1  # random seeds are drawn below this; JavaScript numbers stay exact
 SEED_MODES = [("session noise", "session"), ("this number", "fixed"), ("random", "random")]
-MASK_MODES = [("brush stroke", "brush"), ("bounding box of stroke", "stroke box"), ("box x0, y0, x1, y1", "box")]
+MASK_MODE_LABELS = {"scribble": "area of the scribble", "stroke": "the stroke itself",
+                    "stroke box": "bounding box of the strokes", "box": "box x0, y0, x1, y1"}
+MASK_MODE_CHOICES = [(MASK_MODE_LABELS[mode], mode) for mode in MASK_MODES]  # what each means: ui/canvas.py
+MAX_VARIATIONS = 6
 GUIDANCE_NOTE = "Distilled guidance runs one UNet pass per step and has no negative prompt."
 
 
@@ -40,6 +44,9 @@ class SettingsControls:
     preserve: str
     mask_dilation: float
     mask_feather: float
+    mask_fit: str
+    bcg_mask: str
+    routing: str
 
     WHOLE_NUMBERS = ("num_inference_steps", "mask_dilation", "mask_feather")
 
@@ -97,6 +104,18 @@ def pick_seed(mode: str, seed) -> int | None:
     if mode == "session":
         return None
     raise ValueError(f"unknown seed mode {mode!r}")
+
+
+def variation_seeds(mode: str, seed, count) -> list[int]:
+    """The seeds of `count` variations: from the number shown on ("this number"), else random ones."""
+    count = whole_number("variations", count)
+    if not 2 <= count <= MAX_VARIATIONS:
+        raise ValueError(f"make between 2 and {MAX_VARIATIONS} variations, got {count}")
+    if mode == "fixed":
+        first = pick_seed(mode, seed)
+        return [(first + k) % (MAX_UI_SEED + 1) for k in range(count)]
+    pick_seed(mode, seed)  # an unknown mode is an error here too
+    return [secrets.randbelow(MAX_UI_SEED) for _ in range(count)]
 
 
 def whole_number(name: str, value) -> int:
