@@ -86,9 +86,10 @@ class ObjectTracker:
         return self.region * room.to(self.region.dtype)
 
     def pixel_cells(self, size: tuple[int, int]) -> np.ndarray:
-        """The object cells upsampled to pixels (bool HxW); all False before any blended step."""
+        """The object cells upsampled to pixels (bool HxW). With no blended step (free_steps_ratio 1) nothing was
+        tracked: every cell of the region may seed the silhouette."""
         if self.cells is None:
-            return np.zeros(size, dtype=bool)
+            return F.interpolate(self.region.float().cpu(), size=size, mode="nearest")[0, 0].numpy() > 0
         return F.interpolate(self.cells.float().cpu(), size=size, mode="nearest")[0, 0].numpy() > 0.5
 
 

@@ -178,3 +178,11 @@ def test_layers_saved_before_tight_edits_replay_as_whole_mask_repaints():
     assert EditSettings.from_dict({"num_inference_steps": 4}).mask_fit == "whole"
     assert EditSettings.from_dict({"mask_fit": "tight"}).mask_fit == "tight"
     assert EditSettings().mask_fit == "tight"
+
+
+def test_with_no_blended_step_the_silhouette_is_found_in_the_whole_region(session, recwarn):
+    """free_steps_ratio=1 blends no step, so no object was tracked: the changed pixels anywhere in the region count."""
+    session.edit("a red star", mask=ROUGH_BOX, free_steps_ratio=1.0)
+    layer = session.layers[1]
+    assert layer.info["blended_steps"] == 0 and layer.info["painted_pixels"] > 0
+    assert not [w for w in recwarn if issubclass(w.category, NothingDrawnWarning)]
