@@ -129,7 +129,10 @@ def wait_status(page, text: str, timeout: int = RUN_S) -> str:
         page.wait_for_function("(text) => document.querySelector('#status').innerText.includes(text)", arg=text,
                                timeout=timeout)
     except Exception as error:
-        raise AssertionError(f"the status never said {text!r}; it says {status(page)!r}") from error
+        toasts = page.locator(".toast-message-text").all_inner_texts()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "status-failed.png", full_page=True)
+        raise AssertionError(f"the status never said {text!r}; it says {status(page)!r}; toasts: {toasts}") from error
     return status(page)
 
 
@@ -159,7 +162,6 @@ def generate(page, prompt="a grass background", seed=3) -> None:
     page.locator("#prompt input, #prompt textarea").first.press("Enter")
     wait_status(page, "Painted the background")
     wait_idle(page)
-    page.wait_for_timeout(300)  # the editor lays its canvas out after the image arrives
 
 
 def choose_seed(page, seed: int | None) -> None:
@@ -197,11 +199,14 @@ DRAG_JS = """(strokes) => {
 }"""
 
 
-def scribble(page, server, strokes, steps=8) -> None:
-    """Drag along each polyline of `strokes` (fractions of the image) with the button held: one stroke each."""
+def scribble(page, session: Session, strokes, steps=8) -> None:
+    """Drag along each polyline of `strokes` (fractions of the image) with the button held: one stroke each,
+    once the canvas shows the session's image (it is refreshed by an event of its own, which would wipe strokes
+    painted before it arrives)."""
     from ui.canvas import display_scale
 
-    size = server[0].handlers.pipeline.default_size
+    assert canvas_shows(page, np.asarray(session.image)), "the canvas never showed the image to paint on"
+    size = session.size
     left, top, width, height = image_rect(page, size, display_scale(size))
     page.evaluate(DRAG_JS, [[(left + width * (a[0] + (b[0] - a[0]) * k / steps),
                               top + height * (a[1] + (b[1] - a[1]) * k / steps))
@@ -224,10 +229,12 @@ def canvas_pixels(page, size) -> np.ndarray:
 
 
 def canvas_shows(page, image: np.ndarray, tolerance: int = 8) -> bool:
+    """The canvas shows `image` at the centres of its pixels, but for the few that the selected layer's outline
+    (drawn between pixels) blends into at the editor's zoom."""
     size = (image.shape[1], image.shape[0])
     for _ in range(20):
         shown = canvas_pixels(page, size)
-        if np.abs(shown - image.astype(int)).max() <= tolerance:
+        if (np.abs(shown - image.astype(int)).max(axis=2) > tolerance).mean() <= 0.01:
             return True
         page.wait_for_timeout(500)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -293,7 +300,7 @@ def test_a_scribble_and_a_red_circle_give_a_red_object_inside_the_scribble(serve
     results = []
     for seed in range(1, 11):
         strokes = rough_strokes(rng)
-        scribble(page, server, strokes)
+        scribble(page, session_of(), strokes)
         choose_seed(page, seed)
         type_prompt(page, "a red circle")
         page.click("#edit")
@@ -306,7 +313,6 @@ def test_a_scribble_and_a_red_circle_give_a_red_object_inside_the_scribble(serve
         page.click("#undo")
         wait_layers(page, 1)
         wait_idle(page)
-        page.wait_for_timeout(300)  # the canvas shows the background again, without strokes
     hits = [seed for seed, total, inside in results if total >= 20 and inside >= 0.95 * total]
     print(f"\nred circle inside the scribble: {len(hits)} of 10 (seed, red px, inside): {results}")
     assert len(hits) >= 8, results
@@ -318,7 +324,7 @@ def test_paint_edit_save_and_the_canvas_shows_the_result_with_the_mask_outlined(
     pipeline = server[0].handlers.pipeline
     size = pipeline.default_size
     generate(page)
-    scribble(page, server, [STROKE])
+    scribble(page, session_of(), [STROKE])
     type_prompt(page, "a red circle")
     page.click("#edit")
     assert "Painted layer 1 'a red circle'" in wait_status(page, "2 layers")
@@ -375,12 +381,11 @@ def test_the_layer_list_hides_selects_and_re_edits_keeping_the_layers_above(serv
     generate(page)
     for prompt, strokes in (("a red circle", [((0.1, 0.15), (0.4, 0.2), (0.15, 0.4), (0.4, 0.4))]),
                             ("a blue square", [((0.6, 0.55), (0.9, 0.6), (0.6, 0.85), (0.9, 0.9))])):
-        scribble(page, server, strokes)
+        scribble(page, session_of(), strokes)
         type_prompt(page, prompt)
         page.click("#edit")
         wait_status(page, prompt)
         wait_idle(page)
-        page.wait_for_timeout(300)
     wait_layers(page, 3)
     session = session_of()
     shown = np.asarray(session.image)
@@ -423,7 +428,7 @@ def test_the_layer_list_hides_selects_and_re_edits_keeping_the_layers_above(serv
 
 def test_progress_shows_on_the_canvas_and_cancel_commits_nothing(server, page, session_of):
     generate(page)
-    scribble(page, server, [STROKE])
+    scribble(page, session_of(), [STROKE])
     type_prompt(page, "a red circle")
     with paused_previews(server[0].handlers.pipeline, pause_at=3) as release:  # previews after steps 4, 8, 12
         page.click("#edit")
@@ -451,7 +456,7 @@ def test_progress_shows_on_the_canvas_and_cancel_commits_nothing(server, page, s
 
 def test_guards_double_click_enter_and_keyboard_undo_redo(server, page, session_of):
     generate(page)  # by Enter in the prompt box
-    scribble(page, server, [STROKE])
+    scribble(page, session_of(), [STROKE])
     type_prompt(page, "a red circle")
     page.dblclick("#edit")
     wait_status(page, "2 layers")
@@ -535,7 +540,7 @@ def test_start_from_photo_asks_first_keeps_the_old_autosave_and_fits_or_crops(se
 
 def test_variations_side_by_side_only_the_picked_one_becomes_a_layer(server, page, session_of):
     generate(page)
-    scribble(page, server, [STROKE])
+    scribble(page, session_of(), [STROKE])
     type_prompt(page, "a blue star")
     choose_seed(page, 40)
     page.locator("#variations-count input[type=number]").fill("3")
@@ -544,7 +549,8 @@ def test_variations_side_by_side_only_the_picked_one_becomes_a_layer(server, pag
     wait_status(page, "variations of 'a blue star'")
     candidates = page.locator("#candidates img")
     assert "3 variations" in status(page), status(page)
-    assert candidates.count() == 3 and "seed 41" in page.locator("#candidates").inner_text()
+    page.wait_for_function("document.querySelectorAll('#candidates img').length === 3", timeout=RUN_S)
+    assert "seed 41" in page.locator("#candidates").inner_text()
     session = session_of()
     assert len(session.layers) == 1 and not session.can_redo  # made, shown, not kept
     picked = np.asarray(Image.open(io.BytesIO(page.request.get(candidates.nth(1).get_attribute("src")).body())))
@@ -559,10 +565,11 @@ def test_variations_side_by_side_only_the_picked_one_becomes_a_layer(server, pag
 
 
 def test_the_research_settings_are_folded_away_with_a_line_each(page):
-    ratio = page.get_by_text("BCG free-steps ratio")
-    assert not ratio.is_visible() and not page.get_by_text("Mask fit").is_visible()
+    ratio, fit = page.get_by_text("BCG free-steps ratio").first, page.get_by_text("Mask fit").first
+    assert not ratio.is_visible() and not fit.is_visible()
     page.locator("#settings").get_by_text("Settings (used by generate, edit and re-edit)").click()
-    assert page.get_by_text("Mask fit").is_visible() and not ratio.is_visible()
+    fit.wait_for(state="visible")
+    assert not ratio.is_visible()
     page.locator("#advanced").get_by_text("Advanced (research settings)").click()
     ratio.wait_for(state="visible")
-    assert page.get_by_text("so the edge blends in").is_visible()
+    assert page.get_by_text("so the edge blends in").first.is_visible()

@@ -294,7 +294,10 @@ class Handlers:
             staging = Staging(prompt, mask, values, tuple(made), session.layers)
             message = (f"{plural(len(made), 'variation')} of '{prompt}': click one to keep it as layer "
                        f"{len(session.layers)}; the others are dropped.")
-            return {"staging": staging, "discard_button": gr.update(visible=True), "status": message}
+            # The last update names every output the run changed: gradio streams the updates between as diffs,
+            # and a browser that missed one shows the candidates it was last sent in full.
+            return {"staging": staging, "candidates": gr.update(value=self._candidate_items(made), visible=True),
+                    "discard_button": gr.update(visible=True), "status": message}
 
         yield from self._running(session, work, f"Variations of '{prompt}'", clean=self._dropped(), changes=False)
 
