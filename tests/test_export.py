@@ -331,35 +331,57 @@ def test_the_export_command_writes_each_format_from_a_saved_project(session, tmp
 
 # ---------------------------------------------------------------------------------------------- a real painting app
 KRITA = shutil.which("krita")
-XVFB_RUN = shutil.which("xvfb-run")
+XVFB = shutil.which("Xvfb")
+
+
+@pytest.fixture(scope="module")
+def x_display():
+    """An X display for Krita 5, which always uses Qt's xcb platform: the one we have, or our own Xvfb.
+
+    Xvfb writes its display number to `-displayfd` only once it accepts clients, so there is no race on
+    lock files or start-up time (xvfb-run -a lost that race on CI once: "could not connect to display :99").
+    """
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    read_end, write_end = os.pipe()
+    server = subprocess.Popen([XVFB, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                              pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end) as reader:
+            number = reader.readline().strip()
+        assert number.isdigit(), f"Xvfb did not start: {server.stderr.read().decode()[-2000:] if server.poll() is not None else ''}"
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.mark.skipif(KRITA is None, reason="krita is not installed (Debian: apt-get install krita xvfb); CI installs it")
-@pytest.mark.skipif(XVFB_RUN is None and not os.environ.get("DISPLAY"),
+@pytest.mark.skipif(XVFB is None and not os.environ.get("DISPLAY"),
                     reason="Krita 5 always uses Qt's xcb platform, so it needs an X server: apt-get install xvfb")
 @pytest.mark.parametrize("suffix", [".ora", ".psd"])
-def test_krita_opens_the_export_as_layers_and_renders_the_session_image(session, tmp_path, suffix):
+def test_krita_opens_the_export_as_layers_and_renders_the_session_image(session, tmp_path, suffix, x_display):
     exported = session.export(tmp_path / f"scene{suffix}")
-    rendered = krita_export(exported, tmp_path / "rendered.png")
+    rendered = krita_export(exported, tmp_path / "rendered.png", x_display)
     pixels = np.asarray(Image.open(rendered).convert("RGBA"))
     assert (pixels[..., 3] == 255).all()
     assert_within_one_level(pixels[..., :3], session.image)
     # Krita's own OpenRaster of what it read: the same layers, names and visibility (so it read the layers,
     # not only the merged preview)
-    root, _ = read_ora(krita_export(exported, tmp_path / "krita.ora"))
+    root, _ = read_ora(krita_export(exported, tmp_path / "krita.ora", x_display))
     entries = list(reversed(root.find("stack").findall("layer")))
     assert [entry.get("name") for entry in entries] == [record.prompt for record in session.layers]
     assert [entry.get("visibility") for entry in entries] == ["visible", "visible", "hidden", "visible"]
 
 
-def krita_export(source: Path, target: Path) -> Path:
+def krita_export(source: Path, target: Path, display: str) -> Path:
     """Krita converts `source` to `target` headless (its config goes to a scratch HOME)."""
     home = target.parent / "krita-home"
     home.mkdir(exist_ok=True)
     command = [KRITA, "--export", "--export-filename", str(target), str(source)]
-    if not os.environ.get("DISPLAY"):
-        command = [XVFB_RUN, "-a"] + command
-    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+    env = {**os.environ, "DISPLAY": display, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
            "XDG_DATA_HOME": str(home / ".local/share"), "XDG_CACHE_HOME": str(home / ".cache")}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and target.is_file(), f"krita failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
