@@ -123,7 +123,7 @@ class Session:
         `seed` becomes the session seed (a random one is drawn when omitted); `settings` are any
         EditSettings names (num_inference_steps, guidance_scale, negative_prompt, scheduler, ...).
         """
-        config = self._defaults.updated(**settings)
+        config = self._settings(settings)
         seed = _check_seed(seed) if seed is not None else secrets.randbelow(2**31)
         default_w, default_h = self.pipeline.default_size
         size = (int(width or default_w), int(height or default_h))
@@ -139,7 +139,7 @@ class Session:
         aspect and resized to (width, height), by default the model's native size. `prompt`
         describes the photo (it is the background prompt regions fall back to).
         """
-        config = self._defaults.updated(**settings)
+        config = self._settings(settings)
         seed = _check_seed(seed) if seed is not None else secrets.randbelow(2**31)
         default_w, default_h = self.pipeline.default_size
         pixels = to_rgb_array(image, (int(width or default_w), int(height or default_h)))
@@ -285,6 +285,14 @@ class Session:
         return session
 
     # ------------------------------------------------------------------ internals
+    def _settings(self, changes: dict) -> EditSettings:
+        """The defaults with `changes`; guidance="fast" runs its adapter's own step count unless steps were given."""
+        config = self._defaults.updated(**changes)
+        fast_steps = getattr(self.pipeline, "fast_steps", None)
+        if config.guidance == "fast" and fast_steps and "num_inference_steps" not in changes:
+            config = config.updated(num_inference_steps=fast_steps, scheduler="ddim")
+        return config
+
     def _require_background(self, action: str) -> None:
         if not self.layers:
             raise MemoryStateError(f"cannot {action}: the session has no background yet; call generate() or "
@@ -301,7 +309,7 @@ class Session:
     def _new_edit(self, action: str, prompt, mask, seed, callback, settings: dict) -> LayerRecord:
         self._require_background(action)
         own_seed = None if seed is None else _check_seed(seed)
-        return self._paint_edit(prompt, masks.to_binary(mask, self.size), self._defaults.updated(**settings),
+        return self._paint_edit(prompt, masks.to_binary(mask, self.size), self._settings(settings),
                                 own_seed, self.layers, callback)
 
     def _paint_background(self, prompt, config: EditSettings, seed: int, size, callback) -> LayerRecord:

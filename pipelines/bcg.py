@@ -28,6 +28,24 @@ def blend(latents: torch.Tensor, remembered: torch.Tensor, mask: torch.Tensor) -
     return torch.lerp(remembered, latents, mask.to(latents.dtype))
 
 
+def matching_steps(previous_schedule, scheduler) -> list[int] | None:
+    """For each step of `scheduler`, the step of a stored trajectory (made with `previous_schedule`) whose latent sits
+    at the same noise level, or None when some level is missing (then BCG re-noises). A 4-step trailing DDIM run
+    follows a 20-step trailing DDIM memory this way: its levels 749, 499, 249, 0 are among the 20 steps'."""
+    from .schedulers import schedule_fingerprint
+
+    name, timesteps = schedule_fingerprint(scheduler)
+    previous_name, previous = previous_schedule[0], tuple(previous_schedule[1])
+    if name != previous_name or flow_matching.is_flow_matching(scheduler):
+        return None
+    # the latent after step i sits at the next timestep's level (after the last step: clean, marked -1)
+    levels_before = list(previous[1:]) + [-1]
+    try:
+        return [levels_before.index(level) for level in list(timesteps[1:]) + [-1]]
+    except ValueError:
+        return None
+
+
 def renoised_trajectory(scheduler, final_latent: torch.Tensor, noise: torch.Tensor, timesteps: Sequence) -> list[torch.Tensor]:
     """The fallback memory when the stored trajectory's schedule differs from this edit's.
 

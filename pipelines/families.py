@@ -374,6 +374,12 @@ def timestep_embedding(denoiser) -> torch.nn.Module:
     return family.timestep_embedding(denoiser)
 
 
+def output_layer(denoiser) -> torch.nn.Module:
+    """The denoiser's last layer (a UNet's conv_out, a transformer's proj_out): a guidance head reads its input."""
+    timestep_embedding(denoiser)  # the same families as guidance adapters
+    return denoiser.proj_out if isinstance(denoiser, PixArtTransformer2DModel) else denoiser.conv_out
+
+
 @contextmanager
 def timestep_condition(embedding: torch.nn.Module, condition: torch.Tensor | None):
     """Hand `condition` to a TimestepEmbedding whose model does not pass one itself (PixArt's adaLN embedder):

@@ -19,23 +19,31 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .families import timestep_embedding
 from .guidance_format import (ADAPTER_NAME, CONFIG_FILE, LORA_GAIN, attach_guidance_adapter, guidance_embedding,
-                              lora_gain, read_guidance_config, remove_guidance_projection)
+                              guidance_head_applied, lora_gain, read_guidance_config, remove_guidance_projection)
 
-GUIDANCE_MODES = ("cfg", "distilled")  # two UNet rows per step (uncond + cond), or one with the adapter
-DELTA_BUFFER = "guidance_delta_weight"
-NEGATIVE_PROMPT_ERROR = ("distilled guidance has no negative prompt; the adapter learned the empty prompt as its "
-                         "unconditional half. Clear negative_prompt or use guidance='cfg'")
+# "cfg": two UNet rows per step (uncond + cond); "distilled": one row with the guidance adapter; "fast": one row
+# for each of a few steps with the fast adapter (guidance and steps distilled together)
+GUIDANCE_MODES = ("cfg", "distilled", "fast")
+ADAPTER_SLOTS = {"distilled": "guidance", "fast": "fast"}  # mode -> adapter folder name inside a model folder
+NEGATIVE_PROMPT_ERROR = ("distilled and fast guidance have no negative prompt; the adapter learned the empty prompt "
+                         "as its unconditional half. Clear negative_prompt or use guidance='cfg'")
 
 
 class GuidanceAdapter:
-    """A guidance adapter ready for inference: W + g(s) delta swapped in for a distilled call, out afterwards."""
+    """A guidance adapter ready for inference: W + g(s) delta swapped in for a student call (and its scale projection
+    and guidance head attached), the teacher's own weights back afterwards."""
 
-    def __init__(self, unet, modules: list[nn.Module], meta: dict, folder: Path):
+    def __init__(self, unet, modules: list[nn.Module], meta: dict, folder: Path, projection: nn.Module,
+                 head: nn.Module | None, slot: str):
         self.unet = unet
-        self.modules = modules  # the adapted layers, each holding its LoRA delta as a buffer
+        self.modules = modules  # the adapted layers, each holding this adapter's LoRA delta as a buffer
         self.meta = meta
         self.folder = folder
+        self.projection = projection
+        self.head = head
+        self.buffer = delta_buffer(slot)
         self.gain_rule = meta.get("lora_gain", LORA_GAIN)
         lora_gain(1.0, self.gain_rule)  # an unknown rule is an error at load time
 
@@ -44,12 +52,17 @@ class GuidanceAdapter:
         low, high = self.meta["scale_range"]
         return float(low), float(high)
 
+    @property
+    def sample_steps(self) -> int | None:
+        """The step count a fast adapter was distilled for (None: any)."""
+        return self.meta.get("fast_steps") if self.meta.get("mode") == "fast" else None
+
     def check_scale(self, guidance_scale: float) -> None:
-        high = self.scale_range[1]
-        if guidance_scale > high + 1e-6:
-            raise ValueError(f"the guidance adapter was trained for guidance_scale up to {high:g}, got "
-                             f"{guidance_scale:g}; lower it, use guidance='cfg', or retrain with "
-                             "`python -m training distill --max-scale`")
+        low, high = self.scale_range
+        if not low - 1e-6 <= guidance_scale <= high + 1e-6 and (self.sample_steps or guidance_scale > high):
+            raise ValueError(f"the {self.meta.get('mode', 'guidance')} adapter was trained for guidance_scale in "
+                             f"[{low:g}, {high:g}], got {guidance_scale:g}; change it, use guidance='cfg', or retrain "
+                             "with `python -m training distill --min-scale/--max-scale`")
 
     def embedding(self, guidance_scale: float, batch: int, device, dtype) -> torch.Tensor:
         return guidance_embedding(guidance_scale, int(self.meta["embedding_dim"]), batch=batch, device=device,
@@ -60,55 +73,70 @@ class GuidanceAdapter:
         """The student at `guidance_scale`: every adapted layer computes with W + g(s) delta for the duration."""
         gain = float(lora_gain(guidance_scale, self.gain_rule))
         originals = [module.weight for module in self.modules]
+        embedding = timestep_embedding(self.unet)
         try:
             with torch.no_grad():
                 for module in self.modules:
-                    delta = getattr(module, DELTA_BUFFER)
+                    delta = getattr(module, self.buffer)
                     fused = (module.weight.float() + gain * delta.float()).to(module.weight.dtype)
                     module.weight = nn.Parameter(fused, requires_grad=False)
-            yield
+            embedding.cond_proj = self.projection
+            with guidance_head_applied(self.unet, self.head, guidance_scale - 1.0):
+                yield
         finally:
+            embedding.cond_proj = None
             for module, weight in zip(self.modules, originals):
                 module.weight = weight
 
 
-def load_guidance_adapter(pipeline, folder: str | Path) -> GuidanceAdapter:
-    """Load a guidance adapter folder into `pipeline` (replacing any earlier one) and fuse it.
+def delta_buffer(slot: str) -> str:
+    return f"{slot}_delta_weight"
 
-    After this `pipeline(..., guidance="distilled")` runs one UNet pass per step and
-    `pipeline.has_guidance_adapter` is True; guidance="cfg" still runs the unmodified UNet.
+
+def load_guidance_adapter(pipeline, folder: str | Path, mode: str = "distilled") -> GuidanceAdapter:
+    """Load an adapter folder into `pipeline` for guidance `mode` ("distilled" or "fast"), replacing any earlier one
+    of that mode, and fuse it.
+
+    After this `pipeline(..., guidance=mode)` runs one UNet pass per step; guidance="cfg" still runs the unmodified
+    UNet. A guidance adapter and a fast adapter can be loaded side by side.
     """
     folder = Path(folder)
-    family = read_guidance_config(folder).get("family")
+    meta = read_guidance_config(folder)
+    family, kind = meta.get("family"), meta.get("mode", "guidance")
     if family not in (None, pipeline.family.name):
         raise ValueError(f"the guidance adapter in {folder} was trained on a {family!r} model; this is a "
                          f"{pipeline.family.name!r} model: train one for it with `python -m training distill`")
-    unload_guidance_adapter(pipeline)
-    unet = pipeline.denoiser
+    if (kind == "fast") != (mode == "fast"):
+        raise ValueError(f"{folder} holds a {kind!r} adapter; guidance={mode!r} needs a "
+                         f"{'fast' if mode == 'fast' else 'guidance'} one (`python -m training distill --mode ...`)")
+    unload_guidance_adapter(pipeline, mode)
+    unet, slot = pipeline.denoiser, ADAPTER_SLOTS[mode]
     try:
         meta = attach_guidance_adapter(unet, folder)
-        modules = _deltas_into_buffers(unet)
-        adapter = GuidanceAdapter(unet, modules, meta, folder)
+        head = unet._modules.pop("guidance_head", None)
+        projection = timestep_embedding(unet).cond_proj
+        modules = _deltas_into_buffers(unet, delta_buffer(slot))
+        adapter = GuidanceAdapter(unet, modules, meta, folder, projection, head, slot)
     except Exception:
+        unet._modules.pop("guidance_head", None)
         _drop_peft_layers(unet)
-        remove_guidance_projection(unet)
         raise
-    pipeline.guidance_adapter = adapter
-    return pipeline.guidance_adapter
+    finally:
+        remove_guidance_projection(unet)  # each adapter attaches its own projection only while applied
+    pipeline.adapters[mode] = adapter
+    return adapter
 
 
-def unload_guidance_adapter(pipeline) -> None:
-    """Remove a loaded adapter: the UNet is the plain teacher again."""
-    adapter = getattr(pipeline, "guidance_adapter", None)
+def unload_guidance_adapter(pipeline, mode: str = "distilled") -> None:
+    """Remove a loaded adapter of `mode`: the UNet is the plain teacher again for that mode."""
+    adapter = pipeline.adapters.pop(mode, None)
     if adapter is None:
         return
     for module in adapter.modules:
-        delattr(module, DELTA_BUFFER)
-    remove_guidance_projection(pipeline.denoiser)
-    pipeline.guidance_adapter = None
+        delattr(module, adapter.buffer)
 
 
-def _deltas_into_buffers(unet) -> list[nn.Module]:
+def _deltas_into_buffers(unet, buffer: str) -> list[nn.Module]:
     """Store every LoRA layer's dense delta (B A x scaling) as a buffer on its base layer, then remove the
     peft wrappers (buffers follow the UNet's .to())."""
     from peft.tuners.lora import LoraLayer
@@ -119,7 +147,7 @@ def _deltas_into_buffers(unet) -> list[nn.Module]:
             base = module.get_base_layer()
             with torch.no_grad():
                 delta = module.get_delta_weight(ADAPTER_NAME).to(base.weight.dtype)
-            base.register_buffer(DELTA_BUFFER, delta, persistent=False)
+            base.register_buffer(buffer, delta, persistent=False)
             adapted.append(base)
     if not adapted:
         raise ValueError("the guidance adapter matched no layer of this UNet")
@@ -136,7 +164,7 @@ def _drop_peft_layers(unet) -> None:
         unet.unload_lora()
 
 
-def find_adapter_folder(model_folder: str | Path) -> Path | None:
-    """`<model folder>/guidance` when it holds an adapter (the shipped model keeps its adapter there)."""
-    candidate = Path(model_folder) / "guidance"
+def find_adapter_folder(model_folder: str | Path, mode: str = "distilled") -> Path | None:
+    """`<model folder>/guidance` (or `/fast`) when it holds an adapter (the shipped model keeps its adapters there)."""
+    candidate = Path(model_folder) / ADAPTER_SLOTS[mode]
     return candidate if (candidate / CONFIG_FILE).is_file() else None

@@ -38,7 +38,8 @@ def load_pipeline(path_or_id: str | None = None, device=None, dtype=None,
     Only safetensors weights are read (a pickled .bin checkpoint is refused: loading must never run
     code); on CUDA the default dtype is float16, on the CPU float32. `guidance_adapter`: a folder
     made by `python -m training distill`; None loads `<model folder>/guidance` when there is one
-    (the embedded model ships its adapter there); False loads none.
+    (the embedded model ships its adapter there); False loads none. A fast adapter (guidance="fast") in
+    `<model folder>/fast` is loaded with the model unless `guidance_adapter` is False.
     """
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
@@ -57,4 +58,7 @@ def load_pipeline(path_or_id: str | None = None, device=None, dtype=None,
         guidance_adapter = found
     if guidance_adapter:
         load_guidance_adapter(pipeline, guidance_adapter)
+    fast = find_adapter_folder(source, "fast") if Path(source).is_dir() and guidance_adapter is not False else None
+    if fast is not None:
+        load_guidance_adapter(pipeline, fast, "fast")
     return pipeline

@@ -62,7 +62,7 @@ class LayeredPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._call_lock = threading.RLock()
-        self.guidance_adapter: GuidanceAdapter | None = None  # set by guidance.load_guidance_adapter
+        self.adapters: dict[str, GuidanceAdapter] = {}  # guidance mode -> adapter (guidance.load_guidance_adapter)
         self.family: ModelFamily = family_class(self)(self)
         self._identity = self.family.identity()  # before any adapter can swap weights in
 
@@ -103,9 +103,24 @@ class LayeredPipeline(DiffusionPipeline):
             raise ValueError(f"this project cannot be edited with this {self.family.label} model: {reason}")
 
     @property
+    def guidance_adapter(self) -> GuidanceAdapter | None:
+        """The adapter of guidance="distilled" (None when none is loaded)."""
+        return self.adapters.get("distilled")
+
+    @property
+    def fast_adapter(self) -> GuidanceAdapter | None:
+        """The adapter of guidance="fast" (None when none is loaded)."""
+        return self.adapters.get("fast")
+
+    @property
     def has_guidance_adapter(self) -> bool:
         """Whether guidance="distilled" is available (a guidance adapter is loaded)."""
         return self.guidance_adapter is not None
+
+    @property
+    def fast_steps(self) -> int | None:
+        """The step count guidance="fast" runs (None without a fast adapter)."""
+        return None if self.fast_adapter is None else self.fast_adapter.sample_steps
 
     # ----------------------------------------------------------------- inputs
     def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
@@ -140,6 +155,17 @@ class LayeredPipeline(DiffusionPipeline):
                                  "`python -m training distill --model MODEL --out FOLDER`")
             else:
                 self.guidance_adapter.check_scale(guidance_scale)
+        if guidance == "fast":
+            if negative_prompt:
+                raise ValueError(NEGATIVE_PROMPT_ERROR)
+            if self.fast_adapter is None:
+                raise ValueError("guidance='fast' needs a fast adapter: the model folder's 'fast' folder, or "
+                                 "pipelines.guidance.load_guidance_adapter(pipeline, FOLDER, 'fast'); train one with "
+                                 "`python -m training distill --mode fast --model MODEL --out FOLDER`")
+            self.fast_adapter.check_scale(guidance_scale)
+            if num_inference_steps != self.fast_steps or scheduler != "ddim":
+                raise ValueError(f"guidance='fast' runs its adapter's {self.fast_steps} DDIM steps; got "
+                                 f"num_inference_steps={num_inference_steps}, scheduler={scheduler!r}")
         if edit is not None:
             edit.check(height, width)
 
@@ -258,6 +284,7 @@ class LayeredPipeline(DiffusionPipeline):
         # guidance_scale <= 1 turns guidance off in either mode: one plain conditional pass per step
         do_cfg = guidance == "cfg" and guidance_scale > 1.0
         distilled = guidance == "distilled" and guidance_scale > 1.0
+        fast = guidance == "fast"  # its adapter is on at every scale: it distils the steps too
 
         # 2. Encode the prompts (the unconditional half is the negative prompt, "" by default)
         prompt_text = self.encode_prompt(prompt)
@@ -267,7 +294,8 @@ class LayeredPipeline(DiffusionPipeline):
                                         max(len(regions), 1))
 
         # 3. Timesteps, from a fresh scheduler so concurrent calls never share its state
-        sampler = make_scheduler(scheduler, self.scheduler.config)
+        sampler = make_scheduler(scheduler, self.scheduler.config,
+                                 **({"timestep_spacing": "trailing"} if fast else {}))  # 999 first, as trained
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         self.family.set_timesteps(sampler, num_inference_steps, latent_size, device=device)
         timesteps = sampler.timesteps
@@ -286,10 +314,10 @@ class LayeredPipeline(DiffusionPipeline):
         if distilled and self.family.native_guidance:  # FLUX-dev: the denoiser's own guidance embedding
             timestep_cond = self.family.guidance_condition(guidance_scale, latents.shape[0], device,
                                                            self.denoiser.dtype)
-        elif distilled:
-            student = self.guidance_adapter.applied(guidance_scale)
-            timestep_cond = self.guidance_adapter.embedding(guidance_scale, latents.shape[0], device,
-                                                            self.denoiser.dtype)
+        elif distilled or fast:
+            adapter = self.fast_adapter if fast else self.guidance_adapter
+            student = adapter.applied(guidance_scale)
+            timestep_cond = adapter.embedding(guidance_scale, latents.shape[0], device, self.denoiser.dtype)
 
         # 7. Denoising loop, with the MQD processors installed for this call only
         trajectory: list[torch.Tensor] = []
@@ -328,7 +356,7 @@ class LayeredPipeline(DiffusionPipeline):
 
         info = {"bcg": "none" if memory is None else memory.source,
                 "blended_steps": 0 if memory is None else memory.blend_steps, "unet_evals": unet_evals,
-                "attention_regions": len(regions), "guidance": "distilled" if distilled else "cfg" if do_cfg else "off"}
+                "attention_regions": len(regions), "guidance": "fast" if fast else "distilled" if distilled else "cfg" if do_cfg else "off"}
         if soft is not None:
             info.update(mask_fit=edit.mask_fit, painted_pixels=int(np.count_nonzero(soft)))
         prompt_embeds, extras = prompt_text.storage()
@@ -350,8 +378,8 @@ class LayeredPipeline(DiffusionPipeline):
 
     def prepare_background_memory(self, edit: EditRegion, sampler, noise: torch.Tensor, free_steps_ratio: float,
                                   bcg_mask: str = "fractional") -> BackgroundMemory:
-        """The latents BCG blends in after each step: the stored trajectory, or the re-noised previous latent
-        when the schedules differ (the stored steps then sit at other noise levels) or no memory is asked for."""
+        """The latents BCG blends in after each step: the stored trajectory (or its steps at this run's noise
+        levels), or the re-noised previous latent when the levels differ or no memory is asked for."""
         timesteps = sampler.timesteps
         region = bcg_latent_mask(edit.region, tuple(noise.shape[-2:]), bcg_mask, device=noise.device, dtype=noise.dtype)
         if edit.background == "renoise":
@@ -359,6 +387,8 @@ class LayeredPipeline(DiffusionPipeline):
             remembered, source = bcg.renoised_trajectory(sampler, encoded, noise, timesteps), "renoise-image"
         elif tuple(edit.previous_schedule) == schedule_fingerprint(sampler):
             remembered, source = edit.previous_trajectory, "memory"
+        elif (steps := bcg.matching_steps(edit.previous_schedule, sampler)) is not None:
+            remembered, source = [edit.previous_trajectory[j] for j in steps], "memory"  # fewer steps, same levels
         else:
             final = edit.previous_trajectory[-1].to(device=noise.device, dtype=noise.dtype)
             remembered, source = bcg.renoised_trajectory(sampler, final, noise, timesteps), "renoise"

@@ -18,12 +18,13 @@ SCHEDULERS = {
 }
 
 
-def make_scheduler(name: str, base_config):
-    """A fresh scheduler of kind `name` (one per call, so concurrent edits never share state)."""
+def make_scheduler(name: str, base_config, **changes):
+    """A fresh scheduler of kind `name` (one per call, so concurrent edits never share state); `changes` override
+    the checkpoint's config (a fast adapter's trailing timestep spacing)."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
     cls, overrides = SCHEDULERS[name]
-    return cls.from_config(base_config, **overrides)
+    return cls.from_config(base_config, **{**overrides, **changes})
 
 
 def schedule_fingerprint(scheduler) -> tuple[str, tuple[int, ...]]:

@@ -412,7 +412,7 @@ def test_distilled_guidance_trains_saves_and_loads_on_every_family(family, model
     cond = encode_prompts(student, ["a red star", "a blue circle"])
     adapter = loaded.guidance_adapter
     with torch.no_grad():
-        live = student_output(student.family, latents, t, cond, torch.full((2,), 4.0), EMBEDDING_DIM)
+        live = student_output(student.family, latents, t, cond, torch.full((2,), 4.0), EMBEDDING_DIM, meta["lora_gain"])
         with adapter.applied(4.0):  # the fused adapter of the loaded pipeline = the live student of training
             fused = loaded.family.predict(latents, t, loaded.family.unpack_text(cond),
                                           timestep_cond=adapter.embedding(4.0, 2, latents.device, latents.dtype))

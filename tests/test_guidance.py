@@ -146,11 +146,11 @@ def test_negative_prompt_with_distilled_guidance_is_refused_and_session_unchange
     with_adapter, _ = adapted
     session = session_on(with_adapter, tiny_model_dir)
     before = ([id(layer) for layer in session.layers], np.asarray(session.image).copy())
-    with pytest.raises(ValueError, match="distilled guidance has no negative prompt"):
+    with pytest.raises(ValueError, match="no negative prompt"):
         session.edit("a red star", BOX, guidance="distilled", negative_prompt="blurry")
-    with pytest.raises(ValueError, match="distilled guidance has no negative prompt"):
+    with pytest.raises(ValueError, match="no negative prompt"):
         with_adapter("a red star", "blurry", num_inference_steps=STEPS, guidance="distilled")
-    with pytest.raises(ValueError, match="trained for guidance_scale up to"):
+    with pytest.raises(ValueError, match=r"trained for guidance_scale in \[1, 10\]"):
         session.edit("a red star", BOX, guidance="distilled", guidance_scale=30.0)
     assert [id(layer) for layer in session.layers] == before[0]
     assert np.array_equal(np.asarray(session.image), before[1])
@@ -161,8 +161,10 @@ def test_distilled_guidance_without_an_adapter_says_how_to_get_one(adapted, tiny
     assert not plain.has_guidance_adapter
     with pytest.raises(ValueError, match="load_guidance_adapter.*python -m training distill"):
         plain("a red star", num_inference_steps=STEPS, guidance="distilled")
+    with pytest.raises(ValueError, match="needs a fast adapter.*python -m training distill --mode fast"):
+        plain("a red star", num_inference_steps=4, guidance="fast")
     with pytest.raises(ValueError, match="guidance must be one of"):
-        EditSettings(guidance="fast")
+        EditSettings(guidance="turbo")
 
 
 def test_adapter_in_the_model_folder_loads_with_the_model(tiny_model_dir, adapter_dir, tmp_path):
@@ -186,7 +188,7 @@ def test_a_few_training_steps_reduce_the_distillation_error_and_training_resumes
     trained = distill(tiny_pipeline(), out, DistillConfig(steps=8, **config), prompts, state_dir=state,
                         progress=False, log=messages.append)
     assert start["steps"] == 0 and trained["steps"] == 8
-    assert trained["val_rel_error"]["mean"] < start["val_rel_error"]["mean"]
+    assert trained["val_rel_error"]["v"]["mean"] < start["val_rel_error"]["v"]["mean"]  # the loss's space
     assert messages[0].startswith(f"resuming {out} at step 0")
     more = distill(tiny_pipeline(), out, DistillConfig(steps=9, **config), prompts, state_dir=state,
                      progress=False, log=messages.append)
@@ -205,19 +207,3 @@ def test_distill_command_line_parses():
                               "--data", "noised", "--prompts", "p.txt"])
     assert (args.steps, args.rank, args.data, args.prompts) == (5, 8, "noised", "p.txt")
     assert args.handler is run_distill_command
-
-
-def test_distill_speed_benchmark_prints_every_number_from_one_run(tiny_model_dir, adapter_dir, capsys):
-    from benchmark import distill_speed
-
-    result = distill_speed.main(["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--repeats", "1",
-                                 "--steps", "2", "--plans", "1", "--shapes-world"])
-    out = capsys.readouterr().out
-    assert result["unet_evals_per_edit"] == {"cfg": 4, "distilled": 2}
-    assert 0 < result["unet_call_ratio"] and 0 < result["latency_ratio"]
-    assert set(result["relative_error"]) == {"s=2", "s=4", "s=7.5", "mean"}
-    assert all(np.isfinite(v) and v > 0 for v in result["relative_error"].values())  # a random adapter errs
-    assert result["edits"] > 0 and set(result["detector_colour_in_box"]) == {"cfg", "distilled"}
-    for line in ("UNet evaluations per edit: CFG 4, distilled 2", "one bare UNet call", "(goal <= 0.15)",
-                 "same-seed PSNR vs CFG", "colour in box CFG"):
-        assert line in out

@@ -248,22 +248,102 @@ def test_settings_controls_become_edit_settings():
 class _Pipeline:
     default_size = (64, 64)
 
-    def __init__(self, adapter: bool):
+    def __init__(self, adapter: bool, fast_steps: int | None = None):
         self.has_guidance_adapter = adapter
+        self.fast_adapter = object() if fast_steps else None
+        self.fast_steps = fast_steps
 
 
 def _component(demo, label):
     return next(block for block in demo.blocks.values() if getattr(block, "label", None) == label)
 
 
-@pytest.mark.parametrize("adapter", [False, True])
-def test_guidance_mode_control(adapter):
-    demo = app.build_app(_Pipeline(adapter))
+@pytest.mark.parametrize(("adapter", "fast"), [(False, None), (True, None), (False, 4), (True, 4)])
+def test_guidance_mode_control(adapter, fast):
+    demo = app.build_app(_Pipeline(adapter, fast))
     control = _component(demo, "Guidance mode")
-    assert control is demo.components.settings["guidance"] and control.interactive is adapter
-    assert [choice[1] for choice in control.choices] == (["cfg", "distilled"] if adapter else ["cfg"])
-    assert Handlers.guidance_changed("distilled")["interactive"] is False
-    assert Handlers.guidance_changed("cfg")["interactive"] is True
+    modes = ["cfg", *(["distilled"] if adapter else []), *(["fast"] if fast else [])]
+    assert control is demo.components.settings["guidance"] and control.interactive is (len(modes) > 1)
+    assert [choice[1] for choice in control.choices] == modes  # fast only with a fast adapter
+    steps = EditSettings().num_inference_steps
+    labels = dict((mode, label) for label, mode in control.choices)
+    assert labels["cfg"] == f"CFG · {2 * steps} UNet passes"  # each choice says what an edit costs
+    assert labels.get("distilled", f"distilled · {steps} UNet passes") == f"distilled · {steps} UNet passes"
+    assert labels.get("fast", "fast · 4 UNet passes") == "fast · 4 UNet passes"
+
+
+def test_choosing_fast_guidance_fixes_steps_and_scheduler_and_disables_the_negative_prompt():
+    handlers = Handlers(_Pipeline(adapter=True, fast_steps=4))
+    fast = handlers.guidance_changed("fast", 30.0, "euler", None)
+    negative, steps, scheduler = (fast[f"setting:{name}"] for name in ("negative_prompt", "num_inference_steps",
+                                                                        "scheduler"))
+    assert negative["interactive"] is False and "no negative prompt" in negative["info"]
+    assert (steps["value"], steps["interactive"]) == (4, False) and "its adapter's 4 steps" in steps["info"]
+    assert (scheduler["value"], scheduler["interactive"]) == ("ddim", False)
+    assert fast["steps_before_fast"] == (30.0, "euler")
+    # While fast is chosen, the other choices still say what they cost at the user's 30 steps.
+    labels = handlers.steps_changed(4, "fast", fast["steps_before_fast"])["setting:guidance"]["choices"]
+    assert labels == [("CFG · 60 UNet passes", "cfg"), ("distilled · 30 UNet passes", "distilled"),
+                      ("fast · 4 UNet passes", "fast")]
+    back = handlers.guidance_changed("cfg", 4, "ddim", fast["steps_before_fast"])
+    assert back["setting:num_inference_steps"]["value"] == 30.0 and back["setting:num_inference_steps"]["interactive"]
+    assert back["setting:scheduler"]["value"] == "euler" and back["setting:scheduler"]["interactive"]
+    assert back["setting:negative_prompt"]["interactive"] is True and back["steps_before_fast"] is None
+    distilled = handlers.guidance_changed("distilled", 30, "euler", None)
+    assert distilled["setting:negative_prompt"]["interactive"] is False
+    assert distilled["setting:num_inference_steps"]["value"] == 30 and distilled["setting:num_inference_steps"][
+        "interactive"]
+    # A selected fast layer put the fast steps in the controls: leaving fast then brings the defaults back.
+    assert handlers.guidance_changed("fast", 4, "ddim", None)["steps_before_fast"] == (
+        EditSettings().num_inference_steps, EditSettings().scheduler)
+
+
+def test_fast_guidance_sends_the_adapters_steps_whatever_the_controls_hold():
+    fast = controls.SettingsControls(**settings(guidance="fast", num_inference_steps=30.0, scheduler="euler",
+                                                negative_prompt="blurry")).edit_settings(fast_steps=2)
+    assert (fast["num_inference_steps"], fast["scheduler"], fast["negative_prompt"]) == (2, "ddim", "")
+    cfg = controls.SettingsControls(**settings(num_inference_steps=30.0, scheduler="euler")).edit_settings(2)
+    assert (cfg["num_inference_steps"], cfg["scheduler"]) == (30, "euler")
+
+
+@pytest.fixture(scope="module")
+def fast_pipeline(tmp_path_factory):
+    """The tiny pipeline with a fast adapter (2 steps) trained for one step: real, if not good."""
+    from tiny_models import tiny_pipeline
+
+    from pipelines.guidance import load_guidance_adapter
+    from training.distill import DistillConfig, distill, list_prompts
+
+    folder = tmp_path_factory.mktemp("adapters") / "fast"
+    config = DistillConfig(mode="fast", lora_gain="one", steps=1, rank=4, val_prompts=1, fast_steps=2, teacher_steps=4,
+                           accumulate=1)
+    distill(tiny_pipeline(), folder, config, list_prompts(["a red star", "a blue circle"]), progress=False,
+            log=lambda _: None)
+    pipeline = tiny_pipeline()
+    load_guidance_adapter(pipeline, folder, "fast")
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def test_generate_edit_and_reedit_in_fast_mode_run_the_adapters_steps_and_say_so(fast_pipeline):
+    handlers = Handlers(fast_pipeline)
+    assert controls.guidance_choices(fast_pipeline) == ["cfg", "fast"] and fast_pipeline.fast_steps == 2
+    fast = controls.SettingsControls(**settings(guidance="fast", num_inference_steps=30.0, scheduler="euler",
+                                                negative_prompt="blurry"))  # steps the fast adapter does not run
+    final = list(handlers.generate(None, "a grass background", "fixed", 1, fast))[-1]
+    session = final["state"]
+    assert "fast: " in final["status"] and "2 UNet passes" in final["status"]
+    final = list(handlers.edit(session, None, "a red star", "fixed", 3, "box", 4, 4, 20, 20, fast))[-1]
+    assert final["status"].startswith("Painted layer 1 'a red star'")
+    assert "fast: " in final["status"] and "2 UNet passes" in final["status"]
+    final = list(handlers.replace(session, 1, None, "a blue circle", "fixed", 4, "box", 4, 4, 20, 20, False,
+                                  fast))[-1]
+    assert final["status"].startswith("Re-edited layer 1 'a blue circle'")
+    for layer in session.layers:
+        recorded = dict(layer.settings)
+        assert (recorded["guidance"], recorded["num_inference_steps"], recorded["scheduler"]) == ("fast", 2, "ddim")
+        assert layer.info["unet_evals"] == 2 and layer.negative_prompt == ""
+    assert handlers.select_layer(session, 1)["setting:guidance"] == "fast"
 
 
 def test_the_canvas_shows_the_image_upscaled_without_strokes():
@@ -526,6 +606,9 @@ def test_nothing_drawn_is_said_in_the_status(monkeypatch):
     drawn = SimpleNamespace(prompt="a red circle", info={"changed_pixels": 90, "region_pixels": 400, "seconds": 0.5})
     assert Handlers._edit_report(SimpleNamespace(layers=[None, drawn]), 1, "Painted").startswith(
         "Painted layer 1 'a red circle': 90 px changed")
+    timed = SimpleNamespace(prompt="a red circle", info={**drawn.info, "guidance": "cfg", "unet_evals": 40})
+    assert Handlers._edit_report(SimpleNamespace(layers=[None, timed]), 1, "Painted").endswith(
+        "90 px changed · CFG: 0.50 s, 40 UNet passes.")  # what the edit took, and in which guidance mode
 
 
 def gr_module():

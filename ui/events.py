@@ -21,7 +21,7 @@ from ui.layout import Components
 
 MODEL_EVENTS = {"concurrency_id": "pipeline", "concurrency_limit": 1}  # the pipeline runs one call at a time
 SELECTION = ("selected_layer", "prompt", "seed_mode", "seed", *(f"setting:{name}" for name in SETTING_CONTROLS),
-             "layer_list", "canvas_key", "status")
+             "layer_list", "canvas_key", "status", "steps_before_fast")
 
 
 def takes_settings(handler):
@@ -160,10 +160,16 @@ def _wire_file_events(demo: gr.Blocks, ui: Components, handlers: Handlers) -> No
 
 
 def _wire_control_events(ui: Components, handlers: Handlers) -> None:
-    """Controls that change other controls: the prompt's token count, the box numbers, the negative prompt."""
+    """Controls that change other controls: the prompt's token count, the box numbers, and the guidance mode's
+    negative prompt, steps and scheduler (and the guidance choices' costs, which follow the steps)."""
     ui.prompt.change(handlers.prompt_changed, [ui.prompt], [ui.prompt_check], queue=False, show_progress="hidden",
                      api_name="check_prompt")
     ui.mask_mode.change(handlers.mask_mode_changed, [ui.mask_mode], [ui.box_row], queue=False,
                         show_progress="hidden", api_name=False)
-    ui.settings["guidance"].change(handlers.guidance_changed, [ui.settings["guidance"]],
-                                   [ui.settings["negative_prompt"]], api_name=False)
+    guidance, steps = ui.settings["guidance"], ui.settings["num_inference_steps"]
+    _wire(ui, guidance.change, handlers.guidance_changed,
+          [guidance, steps, ui.settings["scheduler"], ui.steps_before_fast],
+          ("setting:negative_prompt", "setting:num_inference_steps", "setting:scheduler", "steps_before_fast"),
+          api_name=False, queue=False)
+    _wire(ui, steps.change, handlers.steps_changed, [steps, guidance, ui.steps_before_fast], ("setting:guidance",),
+          api_name=False, queue=False)

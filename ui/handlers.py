@@ -46,11 +46,17 @@ from ui.canvas import (
     upscale,
 )
 from ui.controls import (
+    FAST_SCHEDULER,
     GUIDANCE_NOTE,
+    NO_NEGATIVE_PROMPT,
     SETTING_CONTROLS,
     SettingsControls,
+    default_settings,
+    fast_steps,
     guidance_choices,
+    guidance_labels,
     pick_seed,
+    speed_note,
     variation_seeds,
     whole_number,
 )
@@ -121,6 +127,7 @@ class Handlers:
                  autosave: Autosave | None = None):
         self.pipeline = pipeline
         self.model = model
+        self.defaults = default_settings(pipeline)  # what the settings controls start from
         self.scratch = Path(scratch or tempfile.mkdtemp(prefix="layered-edit-ui-"))
         self.autosave = autosave
         self.runs = Runs()
@@ -195,14 +202,14 @@ class Handlers:
         chosen = pick_seed(seed_mode, seed)
         if chosen is None and seed is not None:  # "session noise" for a new background: the number shown
             chosen = whole_number("seed", seed)
-        values = settings.edit_settings()
+        values = self._edit_settings(settings)
 
         def work(cancel):
             yield from self._stream(lambda callback: session.generate(
                 prompt, seed=chosen, callback_on_step_end=callback, **values),
                                     values["num_inference_steps"], f"Painting the background '{prompt}'", cancel)
             top = session.layers[-1]
-            message = f"Painted the background '{prompt}' (seed {top.seed}) in {top.info.get('seconds', 0):.1f} s."
+            message = f"Painted the background '{prompt}' (seed {top.seed}) · {speed_note(top.info)}."
             return {**self.view(session, 0, message), "seed": top.seed}
 
         yield from self._running(session, work, f"Painting the background '{prompt}'")
@@ -214,7 +221,7 @@ class Handlers:
             return
         session = self._require_image(session, "edit")
         self._require_prompt(prompt, "edit")
-        values = settings.edit_settings()
+        values = self._edit_settings(settings)
         mask = self._mask(canvas, session, mask_mode, (x0, y0, x1, y1))
         chosen = pick_seed(seed_mode, seed)
         area = self._area(session, mask)
@@ -247,7 +254,7 @@ class Handlers:
             return
         session = self._require_image(session, "re-edit a layer")
         index = self._index(session, index)
-        values = settings.edit_settings()
+        values = self._edit_settings(settings)
         mask = None if index == 0 else mask_from_canvas(canvas, session.size, mask_mode, (x0, y0, x1, y1))
         layers_above = "regenerate" if regenerate_above else "keep"
         above = len(session.layers) - index - 1
@@ -275,7 +282,7 @@ class Handlers:
             return
         session = self._require_image(session, "make variations")
         self._require_prompt(prompt, "make variations")
-        values = settings.edit_settings()
+        values = self._edit_settings(settings)
         mask = self._mask(canvas, session, mask_mode, (x0, y0, x1, y1))
         seeds = variation_seeds(seed_mode, seed, count)
         area = self._area(session, mask)
@@ -342,7 +349,7 @@ class Handlers:
             return UNCHANGED
         if photo is None:
             raise ValueError("upload a photo first")
-        values = settings.edit_settings()
+        values = self._edit_settings(settings)
         if session is not None and session.layers and not replace:
             return {"photo_confirm": gr.update(visible=True),
                     "status": "Starting from the photo replaces the current image "
@@ -413,15 +420,18 @@ class Handlers:
         layer = session.layers[index]
         shared = layer.kind == "edit" and bool(layer.info.get("shares_session_seed"))
         controls = dict(zip(SETTING_CONTROLS, SettingsControls.of_layer(layer).values(), strict=True))
-        if dict(layer.settings).get("guidance") not in guidance_choices(self.pipeline):
+        remembered = {}
+        if controls["guidance"] not in guidance_choices(self.pipeline):
             controls["guidance"] = gr.update()
+        elif controls["guidance"] != "fast":  # the layer's steps are shown: guidance_changed must not restore others
+            remembered = {"steps_before_fast": None}
         hint = ("repaint it with a new prompt or seed" if index == 0 else
                 "change the prompt, seed or settings (or paint a new area) and **Re-edit selected**")
         return {"selected_layer": index, "prompt": layer.prompt, "seed_mode": "session" if shared else "fixed",
                 "seed": layer.seed, **{f"setting:{name}": value for name, value in controls.items()},
                 "layer_list": self.layer_rows(session.layers, index), "canvas_key": self._canvas_key(index),
                 "status": f"Layer {index} '{layer.prompt}' selected: {hint}."
-                          + (f"  \n{OUTLINE_LEGEND[2:].capitalize()}." if layer.kind == "edit" else "")}
+                          + (f"  \n{OUTLINE_LEGEND[2:].capitalize()}." if layer.kind == "edit" else ""), **remembered}
 
     def select_from_list(self, session, evt: gr.EventData):
         return self.select_layer(session, evt.index)
@@ -433,11 +443,33 @@ class Handlers:
         return UNCHANGED
 
     # -------------------------------------------------------------- small control events
-    @staticmethod
-    def guidance_changed(mode):
-        """The negative-prompt textbox is disabled while distilled guidance (which has none) is chosen."""
-        distilled = mode == "distilled"
-        return gr.update(interactive=not distilled, info=f"disabled: {GUIDANCE_NOTE}" if distilled else None)
+    def guidance_changed(self, mode, steps, scheduler, steps_before_fast):
+        """Distilled and fast guidance have no negative prompt: its textbox is disabled. Fast runs its adapter's
+        own DDIM steps: the steps and scheduler show them, fixed; choosing another mode brings back the user's
+        (`steps_before_fast`, else the defaults when the controls held the fast ones)."""
+        no_negative = mode in NO_NEGATIVE_PROMPT
+        update = {"setting:negative_prompt": gr.update(interactive=not no_negative,
+                                                       info=f"disabled: {GUIDANCE_NOTE}" if no_negative else None)}
+        fast = fast_steps(self.pipeline)
+        if mode == "fast" and fast:
+            own = (steps, scheduler) if (steps, scheduler) != (fast, FAST_SCHEDULER) else (
+                self.defaults.num_inference_steps, self.defaults.scheduler)
+            return {**update, "steps_before_fast": steps_before_fast or own,
+                    "setting:num_inference_steps": gr.update(value=fast, interactive=False,
+                                                             info=f"fast mode runs its adapter's {fast} steps"),
+                    "setting:scheduler": gr.update(value=FAST_SCHEDULER, interactive=False,
+                                                   info=f"fast mode samples with {FAST_SCHEDULER}")}
+        steps, scheduler = steps_before_fast or (steps, scheduler)
+        return {**update, "steps_before_fast": None,
+                "setting:num_inference_steps": gr.update(value=steps, interactive=True, info=None),
+                "setting:scheduler": gr.update(value=scheduler, interactive=True, info=None)}
+
+    def steps_changed(self, steps, mode, steps_before_fast):
+        """The guidance choices say what an edit costs at the steps that mode runs (fast: its own; the others:
+        the user's steps, kept aside while fast is chosen)."""
+        if mode == "fast":
+            steps = steps_before_fast[0] if steps_before_fast else self.defaults.num_inference_steps
+        return {"setting:guidance": gr.update(choices=guidance_labels(self.pipeline, int(steps or 0)))}
 
     @staticmethod
     def mask_mode_changed(mode):
@@ -585,7 +617,7 @@ class Handlers:
                     f"{info['region_pixels']} pixels changed. Try a larger area, another seed (Seed: random) or "
                     "**Make variations**; **Undo** removes the layer.")
         changed = f": {info['changed_pixels']} px changed" if "changed_pixels" in info else ""
-        return f"{verb} layer {index} '{layer.prompt}'{changed} in {info.get('seconds', 0):.1f} s."
+        return f"{verb} layer {index} '{layer.prompt}'{changed} · {speed_note(info)}."
 
     @staticmethod
     def _candidate_items(made) -> list:
@@ -598,6 +630,9 @@ class Handlers:
                 "discard_button": gr.update(visible=False)}
 
     # -------------------------------------------------------------- internals
+    def _edit_settings(self, settings: SettingsControls) -> dict:
+        return settings.edit_settings(fast_steps(self.pipeline))
+
     def _open(self, path: Path) -> Session:
         loaded = self._track(Session.load(path, pipeline=self.pipeline))
         if self.model is not None and loaded.model not in (None, self.model):

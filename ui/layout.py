@@ -21,9 +21,12 @@ from ui.controls import (
     MASK_MODE_CHOICES,
     MAX_UI_SEED,
     MAX_VARIATIONS,
+    NO_NEGATIVE_PROMPT,
     SEED_MODES,
     SETTING_CONTROLS,
+    default_settings,
     guidance_choices,
+    guidance_labels,
     scheduler_choices,
 )
 from ui.prompts import closed_vocabulary, vocabulary_markdown
@@ -89,6 +92,7 @@ class Components:
     state: gr.State
     staging: gr.State  # the variations waiting to be picked (ui.handlers.Staging) or None
     canvas_key: gr.State  # changes whenever the canvas must show the session's image anew
+    steps_before_fast: gr.State  # (steps, scheduler) the user had before choosing fast guidance, else None
     activity: gr.HTML  # hidden: gradio's own progress and error marks go here, never over a panel
     restore_offer: gr.Row
     restore_choice: gr.Dropdown
@@ -153,10 +157,9 @@ class Components:
 def create_components(pipeline, session_closed: Callable) -> Components:
     """Lay out the app inside the current gr.Blocks for `pipeline` (its image size, guidance modes and
     tokenizer). `session_closed` is called with a tab's Session when gradio drops it."""
-    family = getattr(pipeline, "family", None)  # a model family starts from its own sampler, steps and guidance
-    defaults = EditSettings().for_family(family.default_settings if family is not None else {})
+    defaults = default_settings(pipeline)
     found = {"state": gr.State(None, time_to_live=SESSION_IDLE_TTL_S, delete_callback=session_closed),
-             "staging": gr.State(None), "canvas_key": gr.State(None),
+             "staging": gr.State(None), "canvas_key": gr.State(None), "steps_before_fast": gr.State(None),
              "activity": gr.HTML("", visible=False, elem_id="activity")}
     gr.Markdown(INTRO)
     found.update(_restore_row())
@@ -229,7 +232,10 @@ def _prompt_panel(defaults: EditSettings, pipeline) -> dict:
     if words is not None:
         with gr.Accordion("Words this model knows", open=False, elem_id="vocabulary"):
             gr.Markdown(vocabulary_markdown(words))
-    found["negative_prompt"] = gr.Textbox(defaults.negative_prompt, label="Negative prompt", elem_id="negative")
+    no_negative = defaults.guidance in NO_NEGATIVE_PROMPT
+    found["negative_prompt"] = gr.Textbox(defaults.negative_prompt, label="Negative prompt", elem_id="negative",
+                                          interactive=not no_negative,
+                                          info=f"disabled: {GUIDANCE_NOTE}" if no_negative else None)
     with gr.Row(equal_height=True):
         found["seed_mode"] = gr.Radio(SEED_MODES, value="session", label="Seed", scale=3, elem_id="seed-mode",
                                       info="session noise: edits reuse the background's noise")
@@ -280,11 +286,11 @@ def _settings_panel(defaults: EditSettings, pipeline) -> dict:
                 "guidance_scale": gr.Slider(0, 20, defaults.guidance_scale, step=0.5, label="Guidance scale"),
                 "scheduler": gr.Dropdown(scheduler_choices(pipeline), value=defaults.scheduler, label="Scheduler"),
                 "guidance": gr.Radio(
-                    guidance_modes, value=defaults.guidance, label="Guidance mode",
-                    interactive=len(guidance_modes) > 1,
+                    guidance_labels(pipeline, defaults.num_inference_steps), value=defaults.guidance,
+                    label="Guidance mode", interactive=len(guidance_modes) > 1,
                     info=GUIDANCE_NOTE if len(guidance_modes) > 1 else (
                         "this model embeds its guidance scale" if guidance_modes == ["distilled"]
-                        else "this model has no distilled adapter"))}
+                        else "this model has no distilled or fast adapter"))}
         with gr.Row():
             found.update({
                 "mask_fit": gr.Radio(list(settings_module.MASK_FITS), value=defaults.mask_fit, label="Mask fit",

@@ -12,10 +12,10 @@ import torch
 
 from memory import atomic_directory
 from pipelines.families import timestep_embedding
-from pipelines.guidance_format import (ADAPTER_NAME, CONFIG_FILE, FORMAT, LORA_FILE, LORA_GAIN, LORA_TARGETS,
-                                       MAX_SCALE, MIN_SCALE, PROJECTION_FILE, add_guidance_projection,
-                                       attach_guidance_adapter, guidance_embedding, lora_gain, read_guidance_config,
-                                       unet_fingerprint)
+from pipelines.guidance_format import (ADAPTER_NAME, CONFIG_FILE, FORMAT, HEAD_FILE, LORA_FILE, LORA_GAIN,
+                                       LORA_TARGETS, MAX_SCALE, MIN_SCALE, PROJECTION_FILE, add_guidance_projection,
+                                       attach_guidance_adapter, guidance_embedding, guidance_head_applied, lora_gain,
+                                       make_guidance_head, read_guidance_config, unet_fingerprint)
 
 from .config import DistillConfig
 
@@ -65,10 +65,19 @@ def teacher_guided(family, latents, t, cond, uncond, scales) -> torch.Tensor:
     return uncond_out + scales.float().view(-1, 1, 1, 1) * (cond_out - uncond_out)
 
 
+@contextmanager
+def student(unet, scales: torch.Tensor, gain_rule: str = LORA_GAIN):
+    """The live adapter as the student at `scales` (one per row): LoRA branch times g(s), guidance head times s - 1."""
+    scales = scales.float()
+    with scaled_lora(unet, lora_gain(scales, gain_rule)), \
+            guidance_head_applied(unet, getattr(unet, "guidance_head", None), scales - 1.0):
+        yield
+
+
 def student_output(family, latents, t, cond, scales, embedding_dim: int, gain_rule: str = LORA_GAIN) -> torch.Tensor:
-    """One pass with the adapter on (its branch times g(s)) and s - 1 embedded into the timestep embedding."""
+    """One pass with the adapter on and s - 1 embedded into the timestep embedding."""
     timestep_cond = guidance_embedding(scales, embedding_dim, device=latents.device, dtype=latents.dtype)
-    with scaled_lora(family.denoiser, lora_gain(scales, gain_rule)):
+    with student(family.denoiser, scales, gain_rule):
         return family.predict(latents, t, family.unpack_text(cond), timestep_cond=timestep_cond)
 
 
@@ -78,18 +87,21 @@ def prepare_student(unet, out: Path, config: DistillConfig) -> dict:
     record = {}
     if not config.fresh and (out / CONFIG_FILE).is_file():
         record = read_guidance_config(out)
-        saved = (int(record["rank"]), int(record["embedding_dim"]), record.get("lora_gain", LORA_GAIN))
-        asked = (config.rank, config.embedding_dim, config.lora_gain)
+        saved = (int(record["rank"]), int(record["embedding_dim"]), record.get("lora_gain", LORA_GAIN),
+                 bool(record.get("head")), record.get("mode", "guidance"))
+        asked = (config.rank, config.embedding_dim, config.lora_gain, config.head, config.mode)
         if saved != asked:
-            raise ValueError(f"{out} holds an adapter with (rank, embedding size, LoRA gain) {saved}; this run asks "
-                             f"for {asked}: pass the same, or --fresh to start over")
+            raise ValueError(f"{out} holds an adapter with (rank, embedding size, LoRA gain, head, mode) {saved}; "
+                             f"this run asks for {asked}: pass the same, or --fresh to start over")
         attach_guidance_adapter(unet, out)
     else:
         add_guidance_projection(unet, config.embedding_dim)
         unet.add_adapter(lora_config(config.rank, config.targets, config.alpha), adapter_name=ADAPTER_NAME)
+        if config.head:
+            unet.guidance_head = make_guidance_head(unet)
     unet.set_adapter(ADAPTER_NAME)
     for name, param in unet.named_parameters():
-        if "lora_" in name or "cond_proj" in name:
+        if "lora_" in name or "cond_proj" in name or name.startswith("guidance_head."):
             param.requires_grad_(True)  # add_adapter froze the projection with the rest
             param.data = param.data.float()  # trainable weights stay float32 (the base may be fp16)
     return record
@@ -118,9 +130,15 @@ def save_guidance_adapter(unet, folder: str | Path, **info) -> Path:
         **info,
     }
     projection_weight = {"weight": projection.weight.detach().to("cpu", torch.float32).contiguous()}
+    head = getattr(unet, "guidance_head", None)
+    meta["head"] = head is not None
     with atomic_directory(folder, parents=True) as staging:  # synced, then swapped in whole
         (staging / LORA_FILE).write_bytes(_lora_bytes(unet))
         (staging / PROJECTION_FILE).write_bytes(safetensors.torch.save(projection_weight))
+        if head is not None:
+            tensors = {name: value.detach().to("cpu", torch.float32).contiguous()
+                       for name, value in head.state_dict().items()}
+            (staging / HEAD_FILE).write_bytes(safetensors.torch.save(tensors))
         (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return folder
 

@@ -13,7 +13,7 @@ from pipelines.guidance_format import LORA_GAINS
 from pipelines.loading import EMBEDDED_MODEL_DIR, load_pipeline, resolve_model
 
 from .. import configs
-from .config import DATA_MODES, LOSSES, DistillConfig
+from .config import DATA_MODES, LOSSES, MODES, DistillConfig
 from .data import file_prompts, shapes_world_latents, shapes_world_prompts
 from .loop import distill
 
@@ -39,7 +39,7 @@ def distill_model(model: str | None, out: str | Path | None, config: DistillConf
     if out is None:
         if not embedded:
             raise ValueError("--out is required for a model other than the embedded one")
-        out = EMBEDDED_MODEL_DIR / "guidance"
+        out = EMBEDDED_MODEL_DIR / ("fast" if config.mode == "fast" else "guidance")
     if prompts_file is not None:
         prompts = file_prompts(prompts_file)
     elif shapes_world:
@@ -49,12 +49,13 @@ def distill_model(model: str | None, out: str | Path | None, config: DistillConf
     pipeline = load_pipeline(model, device=device, dtype=torch.float32, guidance_adapter=False)
     pipeline.set_progress_bar_config(disable=True)
     clean = None
-    if shapes_world and config.data != "trajectories":
+    if shapes_world and config.data in ("noised", "mixed"):
         clean = shapes_world_latents(pipeline, np.random.default_rng(config.seed + 7))
     name = "embedded" if embedded else str(model)
     if Path(resolve_model(model)).is_dir() and not embedded:
         name = str(Path(resolve_model(model)).resolve())
-    return distill(pipeline, out, config, prompts, clean=clean, base_model=name, state_dir=state_dir, progress=progress)
+    return distill(pipeline, out, config, prompts, clean=clean, base_model=name, state_dir=state_dir, progress=progress,
+                   shapes_world=shapes_world)
 
 
 def add_distill_command(subparsers) -> argparse.ArgumentParser:
@@ -65,10 +66,14 @@ def add_distill_command(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "distill", help="train a guidance adapter: one UNet pass per step instead of CFG's two",
         description=distill_package.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=MODES, default=defaults.mode,
+                        help="guidance: one pass per step reproduces CFG (guidance='distilled', default); fast: a "
+                             "few-step student of the CFG sampler (guidance='fast')")
     parser.add_argument("--model", default="embedded", help="'embedded' (default), a diffusers folder or a hub id")
     parser.add_argument("--out", default=None,
-                        help="adapter folder (default for the embedded model: assets/embedded/guidance; put it in "
-                             "<model folder>/guidance to have it loaded with the model)")
+                        help="adapter folder (default for the embedded model: assets/embedded/guidance, or "
+                             "assets/embedded/fast with --mode fast; put it in <model folder>/guidance or /fast to "
+                             "have it loaded with the model)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"total steps to reach, counting earlier runs (default {defaults.steps} unless --minutes)")
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this run")
@@ -86,10 +91,21 @@ def add_distill_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="default %(default)s")
     parser.add_argument("--loss", choices=LOSSES, default=defaults.loss, help="default %(default)s")
-    parser.add_argument("--lora-gain", choices=LORA_GAINS, default=defaults.lora_gain,
-                        help="scale-1: the LoRA branch times s - 1 (default); one: unscaled")
+    parser.add_argument("--lora-gain", choices=LORA_GAINS, default=None,
+                        help="scale-1: the LoRA branch times s - 1 (default for --mode guidance); one: unscaled "
+                             "(--mode fast)")
+    parser.add_argument("--min-scale", type=float, default=defaults.min_scale,
+                        help="train for guidance scales in [this, --max-scale] (default %(default)s)")
     parser.add_argument("--max-scale", type=float, default=defaults.max_scale,
-                        help="train for guidance scales in [1, this] (default %(default)s)")
+                        help="train for guidance scales in [--min-scale, this] (default %(default)s)")
+    parser.add_argument("--student-rollouts", type=float, default=defaults.student_rollouts,
+                        help="--data edits: share of edits that follow the student's own output (default %(default)s)")
+    parser.add_argument("--accumulate", type=int, default=defaults.accumulate,
+                        help="--data edits: denoiser calls per optimizer step (default %(default)s)")
+    parser.add_argument("--fast-steps", type=int, default=defaults.fast_steps,
+                        help="--mode fast: the student's steps (default %(default)s)")
+    parser.add_argument("--teacher-steps", type=int, default=defaults.teacher_steps,
+                        help="--mode fast: the CFG teacher's steps, a multiple of --fast-steps (default %(default)s)")
     parser.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim, help="default %(default)s")
     parser.add_argument("--pool", type=int, default=defaults.pool, help="clean latents kept for --data noised")
     parser.add_argument("--ckpt-minutes", type=float, default=defaults.ckpt_minutes, help="default %(default)s")
@@ -105,10 +121,13 @@ def add_distill_command(subparsers) -> argparse.ArgumentParser:
 
 def run_distill_command(args) -> int:
     steps = args.steps if args.steps is not None else (None if args.minutes is not None else DistillConfig.steps)
+    lora_gain = args.lora_gain or ("one" if args.mode == "fast" else DistillConfig.lora_gain)
     config = DistillConfig(
+        mode=args.mode, min_scale=args.min_scale, student_rollouts=args.student_rollouts, accumulate=args.accumulate,
+        fast_steps=args.fast_steps, teacher_steps=args.teacher_steps,
         steps=steps, minutes=args.minutes, rank=args.rank, alpha=args.alpha,
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), data=args.data,
-        batch_size=args.batch_size, lr=args.lr, loss=args.loss, lora_gain=args.lora_gain, max_scale=args.max_scale,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, lora_gain=lora_gain, max_scale=args.max_scale,
         embedding_dim=args.embedding_dim,
         pool=args.pool, ckpt_minutes=args.ckpt_minutes, seed=args.seed, fresh=args.fresh,
         gradient_checkpointing=args.gradient_checkpointing)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.guidance_format import EMBEDDING_DIM, LORA_GAIN, LORA_GAINS, LORA_TARGETS, MAX_SCALE
+from pipelines.guidance_format import EMBEDDING_DIM, LORA_GAINS, LORA_TARGETS, MAX_SCALE, MIN_SCALE
 
-DATA_MODES = ("trajectories", "noised", "mixed")
+# "edits": masked edits through a Session (BCG, MQD, the student's own rollouts; training/distill/rollouts.py);
+# "trajectories": the teacher's plain text-to-image CFG runs; "noised": clean latents noised to a random step.
+DATA_MODES = ("edits", "trajectories", "noised", "mixed")
+# "guidance": one pass per step reproduces CFG (guidance="distilled"); "fast": a few-step student of the CFG
+# sampler (guidance="fast").
+MODES = ("guidance", "fast")
 # "mse": plain MSE, dominated by high scales (the target grows with s); "relative": each sample's squared
 # error divided by its target's mean square, so every scale and timestep counts alike.
 # "relative-eps": the same in eps space (eps derived from v for v-prediction models): the space the error is
 # reported in; for v models it puts the effort on low noise levels, where eps-space errors are largest.
-LOSSES = ("relative-eps", "relative", "mse")
+# "relative-v": the same in v space whatever the model predicts: |dv|^2 = |dx0|^2 + |deps|^2 for a fixed x_t, so
+# high-noise steps (x0 errors: where layout and shape are decided) and low-noise steps (eps errors) both count.
+# "relative-x0": x0 space only (the error at high noise).
+LOSSES = ("relative-v", "relative-eps", "relative-x0", "relative", "mse")
 
 
 @dataclass
@@ -19,18 +27,27 @@ class DistillConfig:
     """How an adapter is trained. One default per number, documented here (the choices behind the defaults:
     assets/embedded/MODEL_CARD.md)."""
 
+    mode: str = "guidance"  # see MODES
     steps: int | None = 2000  # total optimizer steps to reach (None: until `minutes` run out)
     minutes: float | None = None  # wall-clock budget of this run
     rank: int = 64  # the embedded model's adapter: 13 MB
     alpha: float | None = None  # LoRA alpha; None = rank (scale 1)
     targets: tuple[str, ...] = LORA_TARGETS
-    data: str = "trajectories"
-    loss: str = "relative-eps"  # see LOSSES
-    lora_gain: str = LORA_GAIN  # the LoRA branch times s - 1 (see pipelines/guidance_format.py)
+    data: str = "edits"
+    loss: str = "relative-v"  # see LOSSES
+    # "one": the LoRA branch as is, the guidance head carries s (linear, as CFG); "scale-1": the branch times
+    # s - 1 (format-1 adapters; see pipelines/guidance_format.py)
+    lora_gain: str = "one"
+    head: bool = True  # a guidance head: output = last(h) + (s - 1) head(h) (guidance_format.make_guidance_head)
     batch_size: int = 8
     lr: float = 5e-4
     warmup: int = 50  # steps of linear lr warm-up (each run)
-    max_scale: float = MAX_SCALE  # s ~ U[1, max_scale]; a narrower range fits s = 7.5 better
+    min_scale: float = MIN_SCALE
+    max_scale: float = MAX_SCALE  # s ~ U[min_scale, max_scale]; a narrower range fits s = 7.5 better
+    student_rollouts: float = 0.5  # share of edits that continue from the student's output (else the teacher's)
+    accumulate: int = 4  # edit-rollout denoiser calls per optimizer step (each call is one batch row)
+    fast_steps: int = 4  # "fast": the student's DDIM steps (trailing spacing)
+    teacher_steps: int = 20  # "fast": the CFG teacher's DDIM steps, cut into fast_steps segments
     embedding_dim: int = EMBEDDING_DIM
     sample_steps: tuple[int, int] = (10, 30)  # DDIM step counts of teacher trajectories (inclusive range)
     trajectories: int = 32  # teacher runs generated together; batches mix their states (scales, prompts, steps)
@@ -42,15 +59,28 @@ class DistillConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "fast" and (self.teacher_steps % self.fast_steps or self.data != "edits"):
+            raise ValueError("fast mode trains on edit rollouts (data='edits') with teacher_steps a multiple of "
+                             f"fast_steps, got data={self.data!r}, {self.teacher_steps} and {self.fast_steps}")
         if self.data not in DATA_MODES:
             raise ValueError(f"data must be one of {DATA_MODES}, got {self.data!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.lora_gain not in LORA_GAINS:
             raise ValueError(f"lora_gain must be one of {LORA_GAINS}, got {self.lora_gain!r}")
+        if self.mode == "fast" and self.lora_gain != "one":
+            raise ValueError("a fast adapter's LoRA is on at every guidance scale: lora_gain must be 'one'")
         if self.steps is None and self.minutes is None:
             raise ValueError("give steps, minutes or both")
-        if self.max_scale <= 1.0:
-            raise ValueError(f"max_scale must be > 1, got {self.max_scale}")
+        if self.max_scale <= 1.0 or not 1.0 <= self.min_scale <= self.max_scale:
+            raise ValueError(f"need 1 <= min_scale <= max_scale and max_scale > 1, got {self.min_scale}, "
+                             f"{self.max_scale}")
         if self.rank < 1 or self.batch_size < 1:
             raise ValueError("rank and batch_size must be >= 1")
+
+    @property
+    def mode_guidance(self) -> str:
+        """The pipeline's guidance mode this adapter serves."""
+        return "fast" if self.mode == "fast" else "distilled"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.guidance_format import MIN_SCALE
+
 from pipelines.schedulers import make_scheduler
 
 from .adapter import teacher_guided
@@ -89,11 +89,13 @@ class TeacherTrajectories:
         self.keep_finals = False  # set by teacher_sample_latents, which consumes them
         self.finals: list[tuple[torch.Tensor, torch.Tensor]] = []  # (clean latent, prompt embeds) of each run
 
-    def run(self, prompts: list[str], scales: Sequence[float], steps: int, seed: int) -> list[Batch]:
-        """Sample `prompts` with the teacher at `scales` (one per prompt); one Batch per step."""
+    def run(self, prompts: list[str], scales: Sequence[float], steps: int, seed: int,
+            trailing: bool = False) -> list[Batch]:
+        """Sample `prompts` with the teacher at `scales` (one per prompt); one Batch per step. `trailing`: DDIM's
+        trailing timestep spacing whatever the checkpoint's (fast adapters' segments)."""
         pipe = self.pipeline
         device = pipe.denoiser.device
-        sampler = make_scheduler("ddim", pipe.scheduler.config)
+        sampler = make_scheduler("ddim", pipe.scheduler.config, **({"timestep_spacing": "trailing"} if trailing else {}))
         sampler.set_timesteps(steps, device=device)
         width, height = (side // pipe.vae_scale_factor for side in pipe.default_size)
         generator = torch.Generator("cpu").manual_seed(int(seed))
@@ -116,7 +118,7 @@ class TeacherTrajectories:
         cfg = self.config
         n = cfg.trajectories
         steps = int(self.rng.integers(cfg.sample_steps[0], cfg.sample_steps[1] + 1))
-        scales = self.rng.uniform(MIN_SCALE, cfg.max_scale, n)
+        scales = self.rng.uniform(cfg.min_scale, cfg.max_scale, n)
         states = self.run(self.prompts(self.rng, n), scales, steps, int(self.rng.integers(2**31)))
         merged = Batch.cat(states)
         order = torch.from_numpy(self.rng.permutation(merged.latents.shape[0]))
@@ -159,7 +161,7 @@ class ForwardNoised:
         t = torch.from_numpy(self.rng.integers(0, self.noise_schedule.config.num_train_timesteps, cfg.batch_size))
         t = t.to(device)
         noisy = self.noise_schedule.add_noise(x0, noise, t)
-        scales = torch.from_numpy(self.rng.uniform(MIN_SCALE, cfg.max_scale, cfg.batch_size)).float().to(device)
+        scales = torch.from_numpy(self.rng.uniform(cfg.min_scale, cfg.max_scale, cfg.batch_size)).float().to(device)
         return Batch(noisy, t, cond, scales, teacher_guided(self.pipeline.family, noisy, t, cond, self.uncond, scales))
 
 

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from memory import write_atomic
-from pipelines.guidance_format import CONFIG_FILE, MIN_SCALE, read_guidance_config
+from pipelines.guidance_format import CONFIG_FILE, read_guidance_config
 from pipelines.schedulers import make_scheduler
 
 from .. import configs
@@ -24,14 +24,16 @@ from .adapter import prepare_student, save_guidance_adapter, student_output
 from .config import DistillConfig
 from .data import Batch, CleanSource, PromptSampler, encode_prompts, training_source
 from .loss import distillation_loss, validation_error, validation_states
+from .rollouts import EditRollouts, prompt_scenes, shapes_world_scenes
 
 
 def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSampler, *,
             clean: CleanSource | None = None, base_model: str = "", state_dir: str | Path | None = None,
-            progress: bool = True, log: Callable[[str], None] = print) -> dict:
+            progress: bool = True, log: Callable[[str], None] = print, shapes_world: bool = False) -> dict:
     """Train (or continue) the guidance adapter of `pipeline`'s UNet and save it to `out`. Returns guidance.json.
 
     `clean` gives clean (latents, prompt embeds) for "noised"/"mixed"; None uses the teacher's own samples.
+    `shapes_world`: edit rollouts ("edits") use shapes-world scenes (training-split objects) instead of `prompts`.
     The pipeline's UNet keeps the live peft adapter afterwards (the teacher is it with adapters disabled).
     """
     out = Path(out)
@@ -42,7 +44,11 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
     rng = np.random.default_rng(config.seed + run.done)
     torch.manual_seed(config.seed + run.done)
     uncond = encode_prompts(pipeline, [""])
-    data = training_source(pipeline, prompts, uncond, config, rng, clean)
+    if config.data == "edits":
+        scenes = shapes_world_scenes if shapes_world else prompt_scenes(prompts, pipeline.default_size)
+        data = EditRollouts(pipeline, scenes, uncond, config, rng, run.learn)
+    else:
+        data = training_source(pipeline, prompts, uncond, config, rng, clean)
     run.validation = validation_states(pipeline, prompts, uncond, config)
     meta = run.train(data, progress)
     pipeline.denoiser.eval()
@@ -78,6 +84,9 @@ class DistillationRun:
         self.prediction_type = pipeline.scheduler.config.prediction_type
         self.validation: Batch | None = None  # set before `train`
         self.losses: list[float] = []
+        self.pending: list[float] = []  # losses of edit-rollout calls not yet stepped on
+        self.target_steps: float = math.inf
+        self.bar = None
         self.started = time.perf_counter()
 
     def train(self, data, progress: bool) -> dict | None:
@@ -91,11 +100,13 @@ class DistillationRun:
         bar = tqdm(total=total, initial=self.done, desc="distill", unit="step", disable=not progress,
                    dynamic_ncols=True)
         meta = None
+        self.target_steps, self.bar = target_steps, bar
         try:
             while self.step < target_steps and time.perf_counter() < deadline:
-                self.train_step(data.next(), target_steps)
-                bar.update()
-                bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.4g}")
+                if isinstance(data, EditRollouts):
+                    data.run_scene()  # trains through `learn` at every denoiser call
+                else:
+                    self.train_step(data.next())
                 if time.perf_counter() - last_checkpoint > 60.0 * config.ckpt_minutes:
                     meta = self.checkpoint()
                     bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.4g}", val=meta["val_rel_error"]["mean"])
@@ -106,21 +117,44 @@ class DistillationRun:
                 meta = self.checkpoint()
         return meta
 
-    def train_step(self, batch: Batch, target_steps: float) -> None:
+    def train_step(self, batch: Batch) -> None:
+        """One optimizer step on a batch of stored states."""
         config = self.config
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(config, self.step - self.done, target_steps - self.done,
-                                        time.perf_counter() - self.started)
         pred = student_output(self.pipeline.family, batch.latents, batch.t, batch.cond, batch.scales, config.embedding_dim,
                               config.lora_gain)
-        loss = distillation_loss(pred, batch.target, config.loss, sample=batch.latents,
-                                 alphas=self.alphas_cumprod[batch.t.cpu()], prediction_type=self.prediction_type)
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(pred, batch.target, batch.latents, batch.t)
         loss.backward()
+        self.losses.append(loss.item())
+        self.optimizer_step()
+
+    def learn(self, pred: torch.Tensor, target: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> None:
+        """One denoiser call of an edit rollout: its gradient is accumulated, a step taken every `accumulate` calls
+        (none once the run's steps are reached: the scene then just finishes)."""
+        if self.step >= self.target_steps:
+            return
+        loss = self.loss(pred, target, sample, t)
+        (loss / self.config.accumulate).backward()
+        self.pending.append(loss.item())
+        if len(self.pending) == self.config.accumulate:
+            self.losses.append(float(np.mean(self.pending)))
+            self.pending = []
+            self.optimizer_step()
+
+    def loss(self, pred, target, sample, t) -> torch.Tensor:
+        return distillation_loss(pred, target, self.config.loss, sample=sample, alphas=self.alphas_cumprod[t.cpu()],
+                                 prediction_type=self.prediction_type)
+
+    def optimizer_step(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, self.step - self.done, self.target_steps - self.done,
+                                        time.perf_counter() - self.started)
         torch.nn.utils.clip_grad_norm_(list(self.named), 1.0)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.losses.append(loss.item())
+        if self.bar is not None:
+            self.bar.update()
+            self.bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.4g}")
 
     def checkpoint(self) -> dict:
         """Validate, write the adapter (atomically) and the optimizer state; returns the adapter's guidance.json."""
@@ -130,10 +164,12 @@ class DistillationRun:
                                scheduler_config=scheduler_config)
         self.unet.train()
         meta = {
-            "base_model": self.base_model, "family": self.pipeline.family.name, "scale_range": [MIN_SCALE, config.max_scale],
+            "base_model": self.base_model, "family": self.pipeline.family.name, "scale_range": [config.min_scale, config.max_scale],
             "lora_gain": config.lora_gain, "loss": config.loss, "steps": self.step,
             "minutes": round(self.spent + (time.perf_counter() - self.started) / 60, 2),
-            "data": config.data, "lr": config.lr, "batch_size": config.batch_size,
+            "mode": config.mode, "fast_steps": config.fast_steps if config.mode == "fast" else None,
+            "teacher_steps": config.teacher_steps if config.mode == "fast" else None, "data": config.data, "lr": config.lr, "batch_size": config.batch_size,
+            "student_rollouts": config.student_rollouts, "accumulate": config.accumulate,
             "sample_steps": list(config.sample_steps), "hardware": hardware(),
             "prediction_type": scheduler_config.get("prediction_type", "epsilon"),
             "val_rel_error": val, "last_loss": round(float(np.mean(self.losses[-50:])), 6) if self.losses else None,
