@@ -88,12 +88,15 @@ def prepare_student(unet, out: Path, config: DistillConfig) -> dict:
     if not config.fresh and (out / CONFIG_FILE).is_file():
         record = read_guidance_config(out)
         saved = (int(record["rank"]), int(record["embedding_dim"]), record.get("lora_gain", LORA_GAIN),
-                 bool(record.get("head")), record.get("mode", "guidance"))
-        asked = (config.rank, config.embedding_dim, config.lora_gain, config.head, config.mode)
-        if saved != asked:
-            raise ValueError(f"{out} holds an adapter with (rank, embedding size, LoRA gain, head, mode) {saved}; "
-                             f"this run asks for {asked}: pass the same, or --fresh to start over")
+                 record.get("mode", "guidance"))
+        asked = (config.rank, config.embedding_dim, config.lora_gain, config.mode)
+        if saved != asked or (record.get("head") and not config.head):
+            raise ValueError(f"{out} holds an adapter with (rank, embedding size, LoRA gain, mode) {saved} and "
+                             f"{'a' if record.get('head') else 'no'} guidance head; this run asks for {asked}: pass "
+                             "the same, or --fresh to start over")
         attach_guidance_adapter(unet, out)
+        if config.head and not hasattr(unet, "guidance_head"):
+            unet.guidance_head = make_guidance_head(unet)  # a format-1 adapter gains a head (zero: same outputs)
     else:
         add_guidance_projection(unet, config.embedding_dim)
         unet.add_adapter(lora_config(config.rank, config.targets, config.alpha), adapter_name=ADAPTER_NAME)

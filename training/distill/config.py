@@ -8,7 +8,9 @@ from pipelines.guidance_format import EMBEDDING_DIM, LORA_GAINS, LORA_TARGETS, M
 
 # "edits": masked edits through a Session (BCG, MQD, the student's own rollouts; training/distill/rollouts.py);
 # "trajectories": the teacher's plain text-to-image CFG runs; "noised": clean latents noised to a random step.
-DATA_MODES = ("edits", "trajectories", "noised", "mixed")
+# "edits+trajectories": after each edit scene, as many optimizer steps on shuffled batches of teacher
+# trajectories (many prompts per batch: less correlated than one edit's consecutive states).
+DATA_MODES = ("edits", "edits+trajectories", "trajectories", "noised", "mixed")
 # "guidance": one pass per step reproduces CFG (guidance="distilled"); "fast": a few-step student of the CFG
 # sampler (guidance="fast").
 MODES = ("guidance", "fast")

@@ -22,7 +22,7 @@ from .. import configs
 from ..common import hardware
 from .adapter import prepare_student, save_guidance_adapter, student_output
 from .config import DistillConfig
-from .data import Batch, CleanSource, PromptSampler, encode_prompts, training_source
+from .data import Batch, CleanSource, PromptSampler, TeacherTrajectories, encode_prompts, training_source
 from .loss import distillation_loss, validation_error, validation_states
 from .rollouts import EditRollouts, prompt_scenes, shapes_world_scenes
 
@@ -44,9 +44,11 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
     rng = np.random.default_rng(config.seed + run.done)
     torch.manual_seed(config.seed + run.done)
     uncond = encode_prompts(pipeline, [""])
-    if config.data == "edits":
+    if config.data.startswith("edits"):
         scenes = shapes_world_scenes if shapes_world else prompt_scenes(prompts, pipeline.default_size)
         data = EditRollouts(pipeline, scenes, uncond, config, rng, run.learn)
+        if config.data == "edits+trajectories":
+            data.plain = TeacherTrajectories(pipeline, prompts, uncond, config, rng)
     else:
         data = training_source(pipeline, prompts, uncond, config, rng, clean)
     run.validation = validation_states(pipeline, prompts, uncond, config)
@@ -104,7 +106,12 @@ class DistillationRun:
         try:
             while self.step < target_steps and time.perf_counter() < deadline:
                 if isinstance(data, EditRollouts):
+                    before = self.step
                     data.run_scene()  # trains through `learn` at every denoiser call
+                    for _ in range(self.step - before if data.plain is not None else 0):
+                        if self.step >= target_steps:
+                            break
+                        self.train_step(data.plain.next())
                 else:
                     self.train_step(data.next())
                 if time.perf_counter() - last_checkpoint > 60.0 * config.ckpt_minutes:

@@ -107,6 +107,7 @@ class EditRollouts:
         self.adapter = TrainingAdapter(config, (1.0, config.max_scale))
         self.follow_student = True
         self.calls = 0
+        self.plain = None  # "edits+trajectories": a TeacherTrajectories source the loop also steps on
         scheduler_config = pipeline.scheduler.config
         self.alphas = make_scheduler("ddim", scheduler_config).alphas_cumprod
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
