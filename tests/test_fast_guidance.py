@@ -184,3 +184,18 @@ def test_the_guidance_modes_benchmark_prints_every_number_from_one_run(tiny_mode
         assert line in out
     rows = json.loads((tmp_path / "out.json").read_text())["rows"]
     assert {"cfg", "distilled", "fast"} <= set(rows[0])
+
+
+def test_a_format_1_adapter_gains_a_head_on_resume_and_trains_on_edits_and_trajectories(tmp_path):
+    out, prompts = tmp_path / "guidance", list_prompts(PROMPTS)
+    settings = dict(TINY_TRAINING, lora_gain="scale-1", batch_size=2, trajectories=2)
+    quiet = dict(progress=False, log=lambda _: None, state_dir=tmp_path / "state")
+    distill(tiny_pipeline(), out, DistillConfig(steps=1, head=False, data="trajectories", **settings), prompts, **quiet)
+    assert not read_guidance_config(out)["head"] and not (out / HEAD_FILE).exists()
+    meta = distill(tiny_pipeline(), out, DistillConfig(steps=4, data="edits+trajectories", **settings), prompts,
+                   **quiet)
+    assert meta["head"] and meta["steps"] == 4 and meta["data"] == "edits+trajectories" and (out / HEAD_FILE).is_file()
+    loaded = tiny_pipeline()
+    assert load_guidance_adapter(loaded, out).head is not None
+    with pytest.raises(ValueError, match="without a guidance head"):  # a headed adapter cannot lose its head
+        distill(tiny_pipeline(), out, DistillConfig(steps=5, head=False, **settings), prompts, **quiet)

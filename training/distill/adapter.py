@@ -92,8 +92,9 @@ def prepare_student(unet, out: Path, config: DistillConfig) -> dict:
         asked = (config.rank, config.embedding_dim, config.lora_gain, config.mode)
         if saved != asked or (record.get("head") and not config.head):
             raise ValueError(f"{out} holds an adapter with (rank, embedding size, LoRA gain, mode) {saved} and "
-                             f"{'a' if record.get('head') else 'no'} guidance head; this run asks for {asked}: pass "
-                             "the same, or --fresh to start over")
+                             f"{'a' if record.get('head') else 'no'} guidance head; this run asks for {asked} "
+                             f"{'with' if config.head else 'without'} a guidance head: pass the same, or --fresh to "
+                             "start over")
         attach_guidance_adapter(unet, out)
         if config.head and not hasattr(unet, "guidance_head"):
             unet.guidance_head = make_guidance_head(unet)  # a format-1 adapter gains a head (zero: same outputs)
