@@ -94,6 +94,9 @@ def add_distill_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lora-gain", choices=LORA_GAINS, default=None,
                         help="scale-1: the LoRA branch times s - 1 (default for --mode guidance); one: unscaled "
                              "(--mode fast)")
+    parser.add_argument("--no-head", action="store_true",
+                        help="no guidance head: the LoRA alone carries the scale (format-1 adapters; see "
+                             "pipelines/guidance_format.py make_guidance_head)")
     parser.add_argument("--min-scale", type=float, default=defaults.min_scale,
                         help="train for guidance scales in [this, --max-scale] (default %(default)s)")
     parser.add_argument("--max-scale", type=float, default=defaults.max_scale,
@@ -123,7 +126,7 @@ def run_distill_command(args) -> int:
     steps = args.steps if args.steps is not None else (None if args.minutes is not None else DistillConfig.steps)
     lora_gain = args.lora_gain or ("one" if args.mode == "fast" else DistillConfig.lora_gain)
     config = DistillConfig(
-        mode=args.mode, min_scale=args.min_scale, student_rollouts=args.student_rollouts, accumulate=args.accumulate,
+        mode=args.mode, head=not args.no_head, min_scale=args.min_scale, student_rollouts=args.student_rollouts, accumulate=args.accumulate,
         fast_steps=args.fast_steps, teacher_steps=args.teacher_steps,
         steps=steps, minutes=args.minutes, rank=args.rank, alpha=args.alpha,
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), data=args.data,
