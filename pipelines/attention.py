@@ -291,11 +291,22 @@ def is_cross_attention(name: str) -> bool:
 def regional_attention(denoiser, maps: RegionMaps, processor_class=RegionalAttnProcessor, routes=is_cross_attention):
     """Install a regional processor on every layer `routes` names (cross-attention by default); restore the
     originals afterwards (also on error)."""
-    originals = dict(denoiser.attn_processors)
     processor = processor_class(maps)
-    denoiser.set_attn_processor({name: processor if routes(name) else original
-                                 for name, original in originals.items()})
+    routed = [(layer, layer.processor) for name, layer in attention_layers(denoiser) if routes(f"{name}.processor")]
+    for layer, _ in routed:
+        layer.set_processor(processor)
     try:
         yield
     finally:
-        denoiser.set_attn_processor(originals)
+        for layer, original in routed:
+            layer.set_processor(original)
+
+
+def attention_layers(denoiser) -> list[tuple[str, torch.nn.Module]]:
+    """(name, module) of every attention layer of `denoiser`, found once and kept on it: diffusers'
+    `attn_processors` walks the whole module tree on every call, a visible share of a few-step edit."""
+    cached = denoiser.__dict__.get("_layered_attention_layers")
+    if cached is None:
+        cached = [(name, module) for name, module in denoiser.named_modules() if hasattr(module, "set_processor")]
+        denoiser.__dict__["_layered_attention_layers"] = cached
+    return cached

@@ -8,7 +8,7 @@ At inference each LoRA layer's dense delta is kept as a buffer on its module; a 
 in W + g(s) delta for its duration and the original weights back afterwards. Both modes then run
 the UNet's plain layers at full speed, and the teacher's own weights are never modified, so
 guidance="cfg" stays bit-identical to a pipeline without an adapter. The extra memory is one copy
-of the targeted weights, two during a distilled call.
+of the targeted weights, two during a distilled call (and kept for adapters under FUSION_CACHE_BYTES).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .guidance_format import (ADAPTER_NAME, CONFIG_FILE, LORA_GAIN, attach_guida
 # for each of a few steps with the fast adapter (guidance and steps distilled together)
 GUIDANCE_MODES = ("cfg", "distilled", "fast")
 ADAPTER_SLOTS = {"distilled": "guidance", "fast": "fast"}  # mode -> adapter folder name inside a model folder
+FUSION_CACHE_BYTES = 64 * 2**20  # adapters whose adapted weights fit keep their last fused copy
 NEGATIVE_PROMPT_ERROR = ("distilled and fast guidance have no negative prompt; the adapter learned the empty prompt "
                          "as its unconditional half. Clear negative_prompt or use guidance='cfg'")
 
@@ -44,6 +45,7 @@ class GuidanceAdapter:
         self.projection = projection
         self.head = head
         self.buffer = delta_buffer(slot)
+        self.fusion_cache: tuple | None = None  # ((gain, weight ids), fused weights) of the last call, small adapters
         self.gain_rule = meta.get("lora_gain", LORA_GAIN)
         lora_gain(1.0, self.gain_rule)  # an unknown rule is an error at load time
 
@@ -75,11 +77,8 @@ class GuidanceAdapter:
         originals = [module.weight for module in self.modules]
         embedding = timestep_embedding(self.unet)
         try:
-            with torch.no_grad():
-                for module in self.modules:
-                    delta = getattr(module, self.buffer)
-                    fused = (module.weight.float() + gain * delta.float()).to(module.weight.dtype)
-                    module.weight = nn.Parameter(fused, requires_grad=False)
+            for module, fused in zip(self.modules, self.fused_weights(gain, originals)):
+                module.weight = fused
             embedding.cond_proj = self.projection
             with guidance_head_applied(self.unet, self.head, guidance_scale - 1.0):
                 yield
@@ -87,6 +86,20 @@ class GuidanceAdapter:
             embedding.cond_proj = None
             for module, weight in zip(self.modules, originals):
                 module.weight = weight
+
+
+    @torch.no_grad()
+    def fused_weights(self, gain: float, originals: list[nn.Parameter]) -> list[nn.Parameter]:
+        """W + gain delta of every adapted layer. Small adapters keep the last result: fusing is a visible share of
+        a few-step edit on a small model, and a second copy of their weights costs little (FUSION_CACHE_BYTES)."""
+        key = (gain, tuple(id(weight) for weight in originals))
+        if self.fusion_cache is not None and self.fusion_cache[0] == key:
+            return self.fusion_cache[1]
+        fused = [nn.Parameter((weight.float() + gain * getattr(module, self.buffer).float()).to(weight.dtype),
+                              requires_grad=False) for module, weight in zip(self.modules, originals)]
+        if sum(weight.numel() * weight.element_size() for weight in originals) <= FUSION_CACHE_BYTES:
+            self.fusion_cache = (key, fused)
+        return fused
 
 
 def delta_buffer(slot: str) -> str:

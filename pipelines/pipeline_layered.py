@@ -103,6 +103,14 @@ class LayeredPipeline(DiffusionPipeline):
             raise ValueError(f"this project cannot be edited with this {self.family.label} model: {reason}")
 
     @property
+    def _execution_device(self) -> torch.device:
+        """The denoiser's device. diffusers' generic property walks every component's modules on each call (a
+        visible share of a few-step edit); a pipeline with offloading hooks keeps diffusers' answer."""
+        if getattr(self.denoiser, "_hf_hook", None) is not None:
+            return super()._execution_device
+        return self.denoiser.device
+
+    @property
     def guidance_adapter(self) -> GuidanceAdapter | None:
         """The adapter of guidance="distilled" (None when none is loaded)."""
         return self.adapters.get("distilled")
