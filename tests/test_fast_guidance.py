@@ -146,10 +146,10 @@ def test_a_few_step_run_follows_a_longer_memory_at_its_own_noise_levels():
 def test_training_on_edit_rollouts_reduces_the_error_where_the_loss_looks(tmp_path):
     out = tmp_path / "guidance"
     prompts = list_prompts(PROMPTS)
-    start = distill(tiny_pipeline(), out, DistillConfig(steps=0, **TINY_TRAINING), prompts, progress=False,
-                    log=lambda _: None, state_dir=tmp_path / "state")
-    trained = distill(tiny_pipeline(), out, DistillConfig(steps=12, **TINY_TRAINING), prompts, progress=False,
-                      log=lambda _: None, state_dir=tmp_path / "state")
+    start = distill(tiny_pipeline(), out, DistillConfig(steps=0, data="edits", **TINY_TRAINING), prompts,
+                    progress=False, log=lambda _: None, state_dir=tmp_path / "state")
+    trained = distill(tiny_pipeline(), out, DistillConfig(steps=12, data="edits", **{**TINY_TRAINING, "lr": 1e-3}), prompts,
+                      progress=False, log=lambda _: None, state_dir=tmp_path / "state")
     assert trained["data"] == "edits" and trained["head"] and trained["steps"] == 12
     assert trained["val_rel_error"]["v"]["mean"] < start["val_rel_error"]["v"]["mean"]
     by_step = trained["val_rel_error"]["x0_by_step"]

@@ -1,31 +1,46 @@
-"""Guidance distillation: train a guidance adapter so one UNet pass per step does what CFG does with two.
+"""Guidance distillation: adapters that make an edit cheaper than classifier-free guidance.
 
-    python -m training distill [--model embedded|FOLDER|HUB_ID] [--out DIR] [--steps N] [--minutes M]
-                               [--rank R] [--data trajectories|noised|mixed] [--prompts FILE] ...
+    python -m training distill [--mode guidance|fast] [--model embedded|FOLDER|HUB_ID] [--out DIR] [--steps N]
+                               [--minutes M] [--data edits+trajectories|edits|trajectories|...] [--prompts FILE] ...
 
-Student = the UNet + a LoRA whose branch is multiplied by s - 1, + a zero-initialised projection of the
-guidance scale into the timestep embedding (pipelines/guidance_format.py); both start at zero, so the student
-starts as the teacher's conditional pass. Teacher = the same UNet with the LoRA disabled and no scale embedding.
-Target = uncond + s * (cond - uncond), s ~ U[1, max_scale] per sample, the unconditional prompt "" (so
-distilled mode has no negative prompt). Loss: squared error of the noise prediction (eps; derived from
-v for v-prediction models), divided per sample by the target's mean square ("relative-eps": the error
-the benchmark reports; "relative" does the same on the raw UNet output; --loss mse neither).
+Two kinds of adapter, one format (pipelines/guidance_format.py), both students of the same teacher: the UNet
+with the adapter off, running CFG with the empty prompt as the unconditional half (so neither mode has a
+negative prompt).
+- --mode guidance (guidance="distilled"): one pass per step reproduces uncond + s (cond - uncond) for any s in
+  [--min-scale, --max-scale]. Student = the UNet + a LoRA whose branch is multiplied by s - 1 (--lora-gain) + a
+  zero-initialised projection of s into the timestep embedding + a guidance head (a zero-initialised copy of the
+  last layer whose output is added times s - 1: the student is linear in s as CFG is; --no-head drops it).
+- --mode fast (guidance="fast"): --fast-steps DDIM steps (trailing spacing) do what --teacher-steps CFG DDIM steps
+  do. Trajectory-segmented step distillation: the teacher's run is cut into --fast-steps segments, and from the
+  state at a segment's start one student step must land where the teacher lands at its end (the target is that
+  step's output, training/distill/rollouts.py output_reaching). Guidance is distilled in the same adapter
+  (the LoRA on at every scale, the scale embedded): one pass per step, a few steps.
 
-Training states (where the UNet is evaluated):
-- "trajectories": the teacher's own CFG sampling runs (DDIM, a random step count and scale per
-  batch of prompts). Each teacher evaluation gives a state AND its target, so no images are needed,
-  and the student learns exactly the states it meets at inference.
-- "noised": clean latents forward-noised to a random t (Meng et al.; the seed paper). Clean latents
-  are VAE-encoded shapes-world scenes for the embedded model, or the teacher's own CFG samples.
-- "mixed": alternate batches of both.
-Prompts: shapes-world captions and object prompts for the embedded model, else --prompts FILE.
+Loss: per-sample squared error divided by the target's mean square, in v space by default ("relative-v": for a
+fixed x_t, |dv|^2 = |dx0|^2 + |deps|^2, so the high-noise steps that decide the layout count as much as the
+low-noise ones), or in eps, x0 or the raw output. Validation reports the error in eps, v and x0, and x0 step by
+step at s = 2, 4, 7.5.
+
+Training states (where the student is evaluated):
+- "edits" (training/distill/rollouts.py): real masked edits through a Session, the code path of the app: BCG
+  puts the remembered background back at every step, MQD routes each region to its prompt, and the rollout
+  follows the student's own output half of the time (its own mistakes) and the teacher's otherwise. The
+  teacher's target is computed at every state the editor produced, inside the same attention routing.
+  Backgrounds are trained on too (text-to-image states, following the teacher).
+- "edits+trajectories" (default for --mode guidance): after each edit scene, as many optimizer steps on
+  shuffled batches of teacher trajectories (many prompts per batch: less correlated than one edit's steps).
+- "trajectories": the teacher's own CFG sampling runs (DDIM, a random step count and scale per batch).
+- "noised": clean latents forward-noised to a random t; "mixed": "noised" and "trajectories" in turn.
+Prompts and scenes: shapes-world captions, objects and boxes (training-split triples) for the embedded model,
+else --prompts FILE (backgrounds and edit prompts drawn from it, boxes of 1/9-1/3 of the image).
 
 Resumable: rerun the same command and it continues from the adapter in --out (and the optimizer
 state in --state); --steps is the total to reach. The adapter folder is rewritten atomically every
 --ckpt-minutes and at the end. CUDA is used when present.
 
 The parts: config.py (DistillConfig), adapter.py (teacher, student, saving the adapter), data.py (prompts and
-training states), loss.py (loss and validation), loop.py (the optimisation loop), command.py (the command line).
+stored training states), rollouts.py (edit rollouts and step-distillation targets), loss.py (loss and
+validation), loop.py (the optimisation loop), command.py (the command line).
 """
 
 from .adapter import save_guidance_adapter, student_output

@@ -82,9 +82,9 @@ def add_distill_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--targets", default=",".join(defaults.targets),
                         help="comma list of module names to adapt (default %(default)s, LCM-LoRA's set; "
                              "to_q,to_k,to_v,to_out.0 adapts attention only)")
-    parser.add_argument("--data", choices=DATA_MODES, default=defaults.data,
-                        help="training states: the teacher's CFG trajectories, forward-noised latents, or both "
-                             "(default %(default)s)")
+    parser.add_argument("--data", choices=DATA_MODES, default=None,
+                        help="training states (see above); default edits+trajectories for --mode guidance, edits "
+                             "(the only one) for --mode fast")
     parser.add_argument("--prompts", default=None, help="text file, one prompt per line (required unless embedded)")
     parser.add_argument("--shapes-world", action="store_true",
                         help="shapes-world prompts and images (automatic for the embedded model; use for its copies)")
@@ -124,13 +124,12 @@ def add_distill_command(subparsers) -> argparse.ArgumentParser:
 
 def run_distill_command(args) -> int:
     steps = args.steps if args.steps is not None else (None if args.minutes is not None else DistillConfig.steps)
-    lora_gain = args.lora_gain or ("one" if args.mode == "fast" else DistillConfig.lora_gain)
     config = DistillConfig(
         mode=args.mode, head=not args.no_head, min_scale=args.min_scale, student_rollouts=args.student_rollouts, accumulate=args.accumulate,
         fast_steps=args.fast_steps, teacher_steps=args.teacher_steps,
         steps=steps, minutes=args.minutes, rank=args.rank, alpha=args.alpha,
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), data=args.data,
-        batch_size=args.batch_size, lr=args.lr, loss=args.loss, lora_gain=lora_gain, max_scale=args.max_scale,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, lora_gain=args.lora_gain, max_scale=args.max_scale,
         embedding_dim=args.embedding_dim,
         pool=args.pool, ckpt_minutes=args.ckpt_minutes, seed=args.seed, fresh=args.fresh,
         gradient_checkpointing=args.gradient_checkpointing)
