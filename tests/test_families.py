@@ -23,7 +23,9 @@ from tiny_families import (
     tiny_family_pipeline,
     tiny_pixart_pipeline,
 )
-from session_properties import check_save_load_then_edit_matches, check_undo_then_redo_is_bit_identical
+from session_properties import (check_reediting_layer_1_regenerating_the_layers_above_replays_exactly,
+                                check_save_load_then_edit_matches, check_undo_then_redo_is_bit_identical)
+from session_properties import union_of as union_in
 from tiny_models import IMAGE_SIZE, tiny_pipeline
 from transformers import T5Tokenizer
 
@@ -91,10 +93,7 @@ def session(pipeline, model_dir):
 
 
 def union_of(boxes) -> np.ndarray:
-    union = np.zeros(SIZE[::-1], dtype=bool)
-    for box in boxes:
-        union |= masks.box_mask(box, SIZE)
-    return union
+    return union_in(boxes, SIZE)
 
 
 # ---------------------------------------------------------------- the family is read from the folder
@@ -208,21 +207,7 @@ def test_reediting_layer_1_of_4_keeps_the_layers_above_and_undo_restores_exactly
 
 
 def test_reediting_layer_1_of_4_regenerating_the_layers_above_replays_exactly(four_layers):
-    session = four_layers
-    before = session.layers
-    session.replace(1, prompt=PROMPTS[0], layers_above="regenerate")  # same prompt, mask and seed
-    replayed = session.layers
-    assert all(new is not old for new, old in zip(replayed[1:], before[1:])), "layers 1-4 ran again"
-    for new, old in zip(replayed, before):
-        np.testing.assert_array_equal(new.image, old.image)
-        np.testing.assert_array_equal(new.mask, old.mask)
-        assert all(torch.equal(a, b) for a, b in zip(new.trajectory, old.trajectory))
-    session.replace(1, prompt="a green tree", seed=42, layers_above="regenerate")
-    assert not np.array_equal(np.asarray(session.image), np.asarray(replayed[-1].image))
-    outside = ~union_of(BOXES)
-    np.testing.assert_array_equal(np.asarray(session.image)[outside], np.asarray(before[0].image)[outside])
-    session.undo()
-    assert session.layers == replayed
+    check_reediting_layer_1_regenerating_the_layers_above_replays_exactly(four_layers, BOXES, PROMPTS[0], SIZE)
 
 
 def test_tight_edits_find_the_object_inside_a_rough_mask(session):

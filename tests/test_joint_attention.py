@@ -12,6 +12,7 @@ import pipelines.joint_attention as joint
 from pipelines.attention import RegionMaps
 from pipelines.joint_attention import (FluxJointAttnProcessor, JointRegions, SD3JointAttnProcessor,
                                        joint_regional_attention, trim_padding)
+from session_properties import three_regions as region_masks
 from tiny_mmdit import POOLED_DIM, TEXT_DIM, call, tiny_flux, tiny_sd3
 
 LATENT = (8, 8)  # latent grid; both transformers see a 4x4 token grid
@@ -19,16 +20,6 @@ GRID = (4, 4)
 TOKENS = 6  # per region prompt (the T5 window)
 REAL = [4, 3, 5]  # real tokens of the three region prompts (the rest is padding)
 NULL_REAL = 2  # real tokens of the null prompt
-
-
-def region_masks():
-    """Background everywhere, layer 1 on the left half, layer 2 (the edit) in the middle, on a 16x16 pixel grid."""
-    background = np.ones((16, 16), dtype=bool)
-    left = np.zeros((16, 16), dtype=bool)
-    left[:, :8] = True
-    middle = np.zeros((16, 16), dtype=bool)
-    middle[4:12, 4:12] = True
-    return [background, left, middle]
 
 
 def text_mask(real_counts, rows=1):

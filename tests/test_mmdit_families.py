@@ -13,7 +13,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from session_properties import check_save_load_then_edit_matches, check_undo_then_redo_is_bit_identical
+from session_properties import (check_reediting_layer_1_regenerating_the_layers_above_replays_exactly,
+                                check_save_load_then_edit_matches, check_undo_then_redo_is_bit_identical)
+from session_properties import union_of as union_in
 from tiny_mmdit import MMDIT_PIPELINES, tiny_flux_pipeline
 
 import pipelines.joint_attention as joint
@@ -62,10 +64,7 @@ def session(pipeline, model_dir):
 
 
 def union_of(boxes) -> np.ndarray:
-    union = np.zeros(SIZE[::-1], dtype=bool)
-    for box in boxes:
-        union |= masks.box_mask(box, SIZE)
-    return union
+    return union_in(boxes, SIZE)
 
 
 # ---------------------------------------------------------------- the family and its defaults
@@ -131,19 +130,7 @@ PROMPTS = ["a red star", "a blue circle", "a white moon", "a yellow heart"]
 def test_reediting_layer_1_of_4_replays_exactly_and_undo_restores(session):
     for prompt, box in zip(PROMPTS, BOXES):
         session.edit(prompt, box)
-    before = session.layers
-    session.replace(1, prompt=PROMPTS[0], layers_above="regenerate")  # same prompt, mask and seed
-    replayed = session.layers
-    assert all(new is not old for new, old in zip(replayed[1:], before[1:])), "layers 1-4 ran again"
-    for new, old in zip(replayed, before):
-        np.testing.assert_array_equal(new.image, old.image)
-        assert all(torch.equal(a, b) for a, b in zip(new.trajectory, old.trajectory))
-    session.replace(1, prompt="a green tree", seed=42, layers_above="regenerate")
-    assert not np.array_equal(np.asarray(session.image), np.asarray(replayed[-1].image))
-    outside = ~union_of(BOXES)
-    np.testing.assert_array_equal(np.asarray(session.image)[outside], np.asarray(before[0].image)[outside])
-    session.undo()
-    assert session.layers == replayed
+    check_reediting_layer_1_regenerating_the_layers_above_replays_exactly(session, BOXES, PROMPTS[0], SIZE)
 
 
 def test_start_from_a_photo_follows_the_flow_matching_trajectory(pipeline, model_dir):

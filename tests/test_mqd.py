@@ -10,6 +10,7 @@ import pipelines.attention as attention_module
 from editor import EditSettings, Session
 from pipelines import EditRegion, LayeredPipeline, masks
 from pipelines.attention import RegionLoopAttnProcessor, RegionMaps, RegionalAttnProcessor, owner_map
+from session_properties import three_regions
 from tiny_models import IMAGE_SIZE, tiny_pipeline
 
 STEPS = 5
@@ -26,16 +27,6 @@ def session(pipeline):
     session = Session(pipeline, model="tiny", defaults=EditSettings(num_inference_steps=STEPS))
     session.generate("a grass background", seed=3)
     return session
-
-
-def three_regions():
-    """Background everywhere, layer 1 on the left half, layer 2 overlapping it in the middle."""
-    background = np.ones((16, 16), dtype=bool)
-    left = np.zeros((16, 16), dtype=bool)
-    left[:, :8] = True
-    middle = np.zeros((16, 16), dtype=bool)
-    middle[4:12, 4:12] = True
-    return [background, left, middle]
 
 
 def cross_attention_layers(unet):
