@@ -19,7 +19,8 @@ from editor import EditSettings
 #        qd-previous: outside the edit hears the previous layer's prompt (the reference code's QD).
 # full: the session defaults (MQD + our pixel-exact preservation; tight masks once `mask_fit` exists).
 # full-*: one setting of full changed: whole-mask repaint, the reference code's binary BCG latent mask,
-#        its erode-current/dilate-earlier token routing. distilled: full with the one-pass guidance.
+#        its erode-current/dilate-earlier token routing. distilled: full with the one-pass guidance; fast: full
+#        in the fast adapter's few steps.
 METHODS: dict[str, dict] = {
     "naive": {"background": "renoise", "attention": "bcg", "preserve": "latents"},
     "bcg": {"background": "memory", "attention": "bcg", "preserve": "latents"},
@@ -31,6 +32,7 @@ METHODS: dict[str, dict] = {
     "full-bcg-binary": {"bcg_mask": "binary"},
     "full-erode-dilate": {"routing": "erode-dilate"},
     "distilled": {"guidance": "distilled"},
+    "fast": {"guidance": "fast"},  # the fast adapter's own steps (check_model)
 }
 # The paired comparisons the report tests (method, the method it changes one thing of). The defaults are
 # chosen from the full-* rows: a default changes only where its ablation wins these paired tests.
@@ -41,6 +43,7 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("full", "mqd"),  # pixel-exact preservation (and the other session defaults) vs latents
     ("full-whole", "full"), ("full-bcg-binary", "full"), ("full-erode-dilate", "full"),  # default choices
     ("distilled", "full"),  # one-pass guidance vs CFG
+    ("fast", "full"),  # a few one-pass steps vs 20 CFG steps
 )
 # Long sessions (24 edits) run these: the no-memory baseline, memory with plain attention, MQD, the defaults.
 LONG_METHODS = ("naive", "bcg", "mqd", "full")
@@ -86,8 +89,16 @@ def select(names: str | None, base: EditSettings | None = None, methods: dict[st
 
 
 def check_model(method: Method, pipeline) -> Method:
-    """`method`, or why this model cannot run it: distilled guidance needs the model's guidance adapter."""
-    if method.available and method.settings.get("guidance") == "distilled" and not pipeline.has_guidance_adapter:
+    """`method`, or why this model cannot run it: distilled guidance needs the model's guidance adapter, fast its
+    fast adapter (whose step count the method then runs)."""
+    guidance = method.settings.get("guidance") if method.available else None
+    if guidance == "distilled" and not pipeline.has_guidance_adapter:
         return replace(method, settings=None, reason="the model has no guidance adapter (Session.from_pretrained "
                        "loads MODEL/guidance; train one with `python -m training distill`)")
+    if guidance == "fast":
+        if not getattr(pipeline, "fast_steps", None):
+            return replace(method, settings=None, reason="the model has no fast adapter (Session.from_pretrained "
+                           "loads MODEL/fast; train one with `python -m training distill --mode fast`)")
+        return replace(method, settings={**method.settings, "num_inference_steps": pipeline.fast_steps,
+                                         "scheduler": "ddim"})
     return method

@@ -370,6 +370,17 @@ def test_distilled_guidance_is_unavailable_on_a_model_without_an_adapter(pipelin
     assert not pipeline.has_guidance_adapter
     distilled = check_model(resolve("distilled", METHODS["distilled"]), pipeline)
     assert not distilled.available and distilled.reason
+    fast = check_model(resolve("fast", METHODS["fast"]), pipeline)
+    assert not fast.available and "no fast adapter" in fast.reason
+
+
+def test_the_fast_method_runs_the_fast_adapters_own_steps():
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(has_guidance_adapter=False, fast_steps=4)
+    fast = check_model(resolve("fast", METHODS["fast"]), model)
+    assert fast.available and (fast.settings["num_inference_steps"], fast.settings["scheduler"]) == (4, "ddim")
+    assert fast.settings["guidance"] == "fast"
 
 
 # ----------------------------------------------------------------------------------------- runs
