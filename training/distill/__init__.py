@@ -7,9 +7,10 @@ Two kinds of adapter, one format (pipelines/guidance_format.py), both students o
 with the adapter off, running CFG with the empty prompt as the unconditional half (so neither mode has a
 negative prompt).
 - --mode guidance (guidance="distilled"): one pass per step reproduces uncond + s (cond - uncond) for any s in
-  [--min-scale, --max-scale]. Student = the UNet + a LoRA whose branch is multiplied by s - 1 (--lora-gain) + a
-  zero-initialised projection of s into the timestep embedding + a guidance head (a zero-initialised copy of the
-  last layer whose output is added times s - 1: the student is linear in s as CFG is; --no-head drops it).
+  [--min-scale, --max-scale]. Student = the UNet + a LoRA + a zero-initialised projection of s into the timestep
+  embedding + a guidance head (a zero-initialised copy of the last layer whose output is added times s - 1: the
+  student is linear in s as CFG is; --no-head drops it, and --lora-gain scale-1 multiplies the LoRA branch by
+  s - 1 instead, as format-1 adapters did).
 - --mode fast (guidance="fast"): --fast-steps DDIM steps (trailing spacing) do what --teacher-steps CFG DDIM steps
   do. Trajectory-segmented step distillation: the teacher's run is cut into --fast-steps segments, and from the
   state at a segment's start one student step must land where the teacher lands at its end (the target is that
@@ -27,8 +28,9 @@ Training states (where the student is evaluated):
   follows the student's own output half of the time (its own mistakes) and the teacher's otherwise. The
   teacher's target is computed at every state the editor produced, inside the same attention routing.
   Backgrounds are trained on too (text-to-image states, following the teacher).
-- "edits+trajectories" (default for --mode guidance): after each edit scene, as many optimizer steps on
-  shuffled batches of teacher trajectories (many prompts per batch: less correlated than one edit's steps).
+  The default, for both modes.
+- "edits+trajectories": after each edit scene, as many optimizer steps on shuffled batches of teacher
+  trajectories (many prompts per batch: less correlated than one edit's steps).
 - "trajectories": the teacher's own CFG sampling runs (DDIM, a random step count and scale per batch).
 - "noised": clean latents forward-noised to a random t; "mixed": "noised" and "trajectories" in turn.
 Prompts and scenes: shapes-world captions, objects and boxes (training-split triples) for the embedded model,

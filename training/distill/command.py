@@ -82,18 +82,17 @@ def add_distill_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--targets", default=",".join(defaults.targets),
                         help="comma list of module names to adapt (default %(default)s, LCM-LoRA's set; "
                              "to_q,to_k,to_v,to_out.0 adapts attention only)")
-    parser.add_argument("--data", choices=DATA_MODES, default=None,
-                        help="training states (see above); default edits+trajectories for --mode guidance, edits "
-                             "(the only one) for --mode fast")
+    parser.add_argument("--data", choices=DATA_MODES, default=defaults.data,
+                        help="training states (see above; --mode fast trains on edits only); default %(default)s")
     parser.add_argument("--prompts", default=None, help="text file, one prompt per line (required unless embedded)")
     parser.add_argument("--shapes-world", action="store_true",
                         help="shapes-world prompts and images (automatic for the embedded model; use for its copies)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="default %(default)s")
     parser.add_argument("--loss", choices=LOSSES, default=defaults.loss, help="default %(default)s")
-    parser.add_argument("--lora-gain", choices=LORA_GAINS, default=None,
-                        help="scale-1: the LoRA branch times s - 1 (default for --mode guidance); one: unscaled "
-                             "(--mode fast)")
+    parser.add_argument("--lora-gain", choices=LORA_GAINS, default=defaults.lora_gain,
+                        help="one: the LoRA branch as is, the guidance head carries the scale (default); scale-1: "
+                             "the branch times s - 1 (format-1 adapters; not for --mode fast)")
     parser.add_argument("--no-head", action="store_true",
                         help="no guidance head: the LoRA alone carries the scale (format-1 adapters; see "
                              "pipelines/guidance_format.py make_guidance_head)")

@@ -35,11 +35,11 @@ class DistillConfig:
     rank: int = 64  # the embedded model's adapter: 13 MB
     alpha: float | None = None  # LoRA alpha; None = rank (scale 1)
     targets: tuple[str, ...] = LORA_TARGETS
-    data: str | None = None  # see DATA_MODES; None: "edits+trajectories" for mode "guidance", "edits" for "fast"
+    data: str = "edits"  # see DATA_MODES (why "edits": assets/embedded/MODEL_CARD.md)
     loss: str = "relative-v"  # see LOSSES
-    # "scale-1": the LoRA branch times s - 1; "one": as is (fast adapters: on at every scale). Why: MODEL_CARD.md.
-    # None: "scale-1" for mode "guidance", "one" for "fast"
-    lora_gain: str | None = None
+    # "one": the LoRA branch as is (the guidance head carries s); "scale-1": times s - 1 (format-1 adapters).
+    # Why "one": assets/embedded/MODEL_CARD.md. Fast adapters need "one" (their LoRA is on at every scale).
+    lora_gain: str = "one"
     head: bool = True  # a guidance head: output = last(h) + (s - 1) head(h) (guidance_format.make_guidance_head)
     batch_size: int = 8
     lr: float = 5e-4
@@ -63,9 +63,6 @@ class DistillConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        fast = self.mode == "fast"
-        self.lora_gain = self.lora_gain or ("one" if fast else "scale-1")
-        self.data = self.data or ("edits" if fast else "edits+trajectories")
         if self.mode == "fast" and (self.teacher_steps % self.fast_steps or self.data != "edits"):
             raise ValueError("fast mode trains on edit rollouts (data='edits') with teacher_steps a multiple of "
                              f"fast_steps, got data={self.data!r}, {self.teacher_steps} and {self.fast_steps}")
