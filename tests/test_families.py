@@ -379,6 +379,25 @@ def test_the_paper_preset_is_the_official_codes_settings():
 
 
 # ---------------------------------------------------------------- distilled guidance on every family
+def test_fast_mode_trains_and_edits_on_every_family(family, model_dir, tmp_path):
+    (tmp_path / "prompts.txt").write_text("a red star\na blue circle\n")
+    training_main(["distill", "--mode", "fast", "--model", str(model_dir), "--out", str(tmp_path / "fast"),
+                   "--steps", "1", "--rank", "4", "--fast-steps", "2", "--teacher-steps", "4", "--accumulate", "1",
+                   "--prompts", str(tmp_path / "prompts.txt"), "--state", str(tmp_path / "state"), "--device", "cpu"])
+    assert read_guidance_config(tmp_path / "fast")["mode"] == "fast"
+    pipeline = Session.from_pretrained(model_dir, device="cpu", guidance_adapter=False).pipeline
+    load_guidance_adapter(pipeline, tmp_path / "fast", "fast")
+    session = new_session(pipeline, model_dir)
+    before = np.asarray(session.image).copy()
+    session.edit("a red star", (2, 2, 16, 16), guidance="fast")
+    layer = session.layers[-1]
+    assert (layer.info["guidance"], layer.info["unet_evals"], layer.settings["num_inference_steps"]) == ("fast", 2, 2)
+    outside = ~masks.box_mask((2, 2, 16, 16), SIZE)
+    np.testing.assert_array_equal(np.asarray(session.image)[outside], before[outside])
+    session.undo()
+    np.testing.assert_array_equal(np.asarray(session.image), before)
+
+
 def test_distilled_guidance_trains_saves_and_loads_on_every_family(family, model_dir, tmp_path):
     (tmp_path / "prompts.txt").write_text("a red star\na blue circle\n")
     training_main(["distill", "--model", str(model_dir), "--out", str(tmp_path / "guidance"), "--steps", "2",
