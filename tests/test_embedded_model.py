@@ -103,7 +103,7 @@ def test_a_rough_box_gives_a_tight_edit_that_keeps_the_background_inside_it(sess
 # a 20-step CFG background: distilled runs its 20 steps in one pass each, fast its own 4 steps, which follow the
 # background's memory at their own noise levels. Both keep every pixel outside the mask, undo exactly and draw the
 # object at the rate `python -m benchmark.guidance_modes` measures (the gates below are under those rates).
-MIN_ADAPTER_OBJECT_RATE = {"distilled": DISTILLED_RATE_PLACEHOLDER, "fast": FAST_RATE_PLACEHOLDER}
+MIN_ADAPTER_OBJECT_RATE = {"distilled": 0.5, "fast": 0.5}  # benchmark: 68.6% and 68.0% of 344 edits
 
 
 @pytest.mark.parametrize("mode", ["distilled", "fast"])
