@@ -149,7 +149,6 @@ class EditRollouts:
         pipeline.adapters[mode] = self.adapter
         family.predict = lambda latents, t, text, timestep_cond=None: self.call(predict, latents, t, text,
                                                                                 timestep_cond)
-        self.sampler = make_scheduler("ddim", pipeline.scheduler.config)
         try:
             yield scale
         finally:
