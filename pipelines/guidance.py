@@ -45,7 +45,7 @@ class GuidanceAdapter:
         self.projection = projection
         self.head = head
         self.buffer = delta_buffer(slot)
-        self.fusion_cache: tuple | None = None  # ((gain, weight ids), fused weights) of the last call, small adapters
+        self.fusion_cache: tuple | None = None  # (gain, original weights, fused weights) of the last call (small adapters)
         self.gain_rule = meta.get("lora_gain", LORA_GAIN)
         lora_gain(1.0, self.gain_rule)  # an unknown rule is an error at load time
 
@@ -92,13 +92,15 @@ class GuidanceAdapter:
     def fused_weights(self, gain: float, originals: list[nn.Parameter]) -> list[nn.Parameter]:
         """W + gain delta of every adapted layer. Small adapters keep the last result: fusing is a visible share of
         a few-step edit on a small model, and a second copy of their weights costs little (FUSION_CACHE_BYTES)."""
-        key = (gain, tuple(id(weight) for weight in originals))
-        if self.fusion_cache is not None and self.fusion_cache[0] == key:
-            return self.fusion_cache[1]
+        if self.fusion_cache is not None:
+            cached_gain, cached_originals, cached = self.fusion_cache
+            # the same weights (not merely equal ids: the cache holds them, so a moved UNet never matches)
+            if cached_gain == gain and all(a is b for a, b in zip(cached_originals, originals)):
+                return cached
         fused = [nn.Parameter((weight.float() + gain * getattr(module, self.buffer).float()).to(weight.dtype),
                               requires_grad=False) for module, weight in zip(self.modules, originals)]
         if sum(weight.numel() * weight.element_size() for weight in originals) <= FUSION_CACHE_BYTES:
-            self.fusion_cache = (key, fused)
+            self.fusion_cache = (gain, list(originals), fused)
         return fused
 
 

@@ -83,7 +83,7 @@ def as_epsilon(output: torch.Tensor, sample: torch.Tensor, alpha_cumprod: torch.
         return output
     if prediction_type != "v_prediction":
         raise ValueError(f"relative errors are defined for epsilon and v_prediction models, not {prediction_type!r}")
-    alpha = alpha_cumprod.to(output.device, torch.float32).reshape(-1, *[1] * (output.ndim - 1))
+    alpha = _alpha(alpha_cumprod, output)
     return alpha.sqrt() * output.float() + (1 - alpha).sqrt() * sample.float()
 
 
