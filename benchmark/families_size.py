@@ -240,7 +240,9 @@ def joint_denoiser(spec: dict, dtype: torch.dtype) -> tuple[torch.nn.Module, int
         full_params = count(cls(**spec["transformer"]))
         config = dict(spec["transformer"])
         if "built_blocks" in spec:
-            config.update(num_layers=spec["built_blocks"][0], num_single_layers=spec["built_blocks"][1])
+            config["num_layers"] = spec["built_blocks"][0]
+            if "num_single_layers" in config:
+                config["num_single_layers"] = spec["built_blocks"][1]
         model = cls(**config)
     model = model.to_empty(device="cpu").to(dtype)
     generator = torch.Generator().manual_seed(0)
@@ -250,34 +252,39 @@ def joint_denoiser(spec: dict, dtype: torch.dtype) -> tuple[torch.nn.Module, int
     return model.eval(), full_params
 
 
-def block_timer(transformer) -> tuple[dict[str, list[float]], list]:
-    """Seconds per call of every transformer block, by kind ("dual" / "single"), via forward hooks."""
-    times: dict[str, list[float]] = {"dual": [], "single": []}
+def block_timer(transformer) -> tuple[dict[str, dict[int, float]], list]:
+    """Seconds of every transformer block within one step, by kind ("dual" / "single") and block index, via
+    forward hooks (a block that runs in several calls of a step, e.g. CFG rows apart, adds them up)."""
+    times: dict[str, dict[int, float]] = {"dual": {}, "single": {}}
     handles, started = [], {}
-    kinds = [("dual", b) for b in transformer.transformer_blocks]
-    kinds += [("single", b) for b in getattr(transformer, "single_transformer_blocks", [])]
-    for kind, block in kinds:
+    kinds = [("dual", i, b) for i, b in enumerate(transformer.transformer_blocks)]
+    kinds += [("single", i, b) for i, b in enumerate(getattr(transformer, "single_transformer_blocks", []))]
+    for kind, index, block in kinds:
         def before(module, args, kwargs, key=id(block)):
             started[key] = time.perf_counter()
 
-        def after(module, args, kwargs, output, key=id(block), kind=kind):
-            times[kind].append(time.perf_counter() - started[key])
+        def after(module, args, kwargs, output, key=id(block), kind=kind, index=index):
+            times[kind][index] = times[kind].get(index, 0.0) + time.perf_counter() - started[key]
 
         handles.append(block.register_forward_pre_hook(before, with_kwargs=True))
         handles.append(block.register_forward_hook(after, with_kwargs=True))
     return times, handles
 
 
-def measure_joint(key: str, size: int, repeats: int, dtype: torch.dtype) -> dict:
+def measure_joint(key: str, size: int, repeats: int, dtype: torch.dtype, built_blocks: int | None = None) -> dict:
     """SD3 / FLUX, in this process: time one denoiser call per step with MQD (3 regions), with one plain prompt
-    (padding masked and cut, as the editor runs it), and with diffusers' plain call over the full padded window."""
+    (padding masked and cut, as the editor runs it), and with diffusers' plain call over the full padded window,
+    in interleaved rounds (a load on the machine slows all three alike). `built_blocks`: build this many blocks of
+    each kind and compute a step from them (large sizes; FLUX always)."""
     from diffusers import AutoencoderKL
 
     from pipelines.attention import RegionMaps
     from pipelines.families import family_class
     from pipelines.text_conditioning import TextConditioning
 
-    spec = JOINT_FAMILIES[key]
+    spec = dict(JOINT_FAMILIES[key])
+    if built_blocks is not None:
+        spec["built_blocks"] = (built_blocks, built_blocks if key == "flux" else 0)
     torch.set_flush_denormal(True)
     baseline = peak_rss()
     encoders = {name: text_encoder(*entry) for name, entry in spec["text"].items()}
@@ -319,28 +326,29 @@ def measure_joint(key: str, size: int, repeats: int, dtype: torch.dtype) -> dict
     }
     seconds, blocks = {}, {}
     times, handles = block_timer(denoiser)
+    calls = {name: [] for name in variants}
     with torch.no_grad():
-        for name, (text, routing) in variants.items():
-            with routing():
-                calls = []
-                for index in range(repeats + 1):
+        for index in range(repeats + 1):
+            for name, (text, routing) in variants.items():
+                with routing():
                     for kind in times:
                         times[kind].clear()
                     started = time.perf_counter()
                     family.predict(latents, t, text, timestep_cond=guidance)
-                    if index:  # the first call warms up
-                        calls.append((time.perf_counter() - started, {k: sum(v) for k, v in times.items()},
-                                      {k: statistics.median(v) if v else 0.0 for k, v in times.items()}))
-            middle = sorted(calls, key=lambda c: c[0])[len(calls) // 2]
-            measured, block_sum, per_block = middle
-            if "built_blocks" in spec:  # the rest of the call + every block of the full model
-                full = spec["transformer"]
-                rest = measured - sum(block_sum.values())
-                seconds[name] = rest + full["num_layers"] * per_block["dual"] + full["num_single_layers"] * per_block[
-                    "single"]
-            else:
-                seconds[name] = measured
-            blocks[name] = per_block
+                    if index:  # the first round warms up
+                        calls[name].append((time.perf_counter() - started,
+                                            {k: sum(v.values()) for k, v in times.items()},
+                                            {k: statistics.median(v.values()) if v else 0.0 for k, v in times.items()}))
+    for name, timed in calls.items():
+        measured, block_sum, per_block = sorted(timed, key=lambda c: c[0])[len(timed) // 2]
+        if "built_blocks" in spec:  # the rest of the call + every block of the full model
+            full = spec["transformer"]
+            rest = measured - sum(block_sum.values())
+            seconds[name] = (rest + full["num_layers"] * per_block["dual"]
+                             + full.get("num_single_layers", 0) * per_block["single"])
+        else:
+            seconds[name] = measured
+        blocks[name] = per_block
     for handle in handles:
         handle.remove()
     text_params = {name: count(module) for name, module in encoders.items()}
@@ -397,6 +405,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant, after one warm-up")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--built-blocks", type=int, default=None,
+                        help="SD3/FLUX: build this many blocks of each kind and compute a step from them (the "
+                             "median block); for sizes where the whole model is too slow here (FLUX: always 2)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one family in this process
     args = parser.parse_args(argv)
@@ -404,8 +415,11 @@ def main(argv=None) -> int:
         parser.error("--size must be a multiple of 16 (8x VAE, 2x2 transformer patches)")
     dtype = getattr(torch, args.dtype)
     if args.one:
-        measure_one = measure_joint if args.one in JOINT_FAMILIES else measure
-        print(json.dumps(measure_one(args.one, args.size, args.repeats, dtype)))
+        if args.one in JOINT_FAMILIES:
+            result = measure_joint(args.one, args.size, args.repeats, dtype, args.built_blocks)
+        else:
+            result = measure(args.one, args.size, args.repeats, dtype)
+        print(json.dumps(result))
         return 0
     results = []
     for key in args.families.split(","):
@@ -413,6 +427,8 @@ def main(argv=None) -> int:
             parser.error(f"unknown family {key!r}; known: {list(known)}")
         command = [sys.executable, "-m", "benchmark.families_size", "--one", key, "--size", str(args.size),
                    "--repeats", str(args.repeats), "--dtype", args.dtype]
+        if args.built_blocks is not None:
+            command += ["--built-blocks", str(args.built_blocks)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode:
             sys.stderr.write(done.stderr)

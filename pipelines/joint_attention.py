@@ -19,8 +19,9 @@ plain model attends to the null prompt; the other copies are idle.
 Because padding is never attended, padding columns that every prompt has can be cut off before the call
 (`trim_padding`): the result is the same and the joint sequence is shorter.
 
-One fused scaled-dot-product attention call per block with that boolean mask: the mask is built once per edit
-(it is the same in every block and step) and cached. `JointRegionLoop*` processors compute the same attention
+One fused scaled-dot-product attention call per block with that boolean mask (on the CPU, three calls that
+give the unmasked image-to-image part the flash kernel: `JointProcessorBase.attend_split`): the mask is built once
+per edit (it is the same in every block and step) and cached. `JointRegionLoop*` processors compute the same attention
 region by region, as a reference for the fused call and for timing.
 
 Setting `plain_blocks` (first, last): that many leading and trailing transformer blocks attend without routing,
@@ -43,6 +44,9 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 
 from .attention import RegionMaps
+
+# PyTorch's CPU flash-attention kernel, which also returns the log-sum-exp (JointProcessorBase.attend_split)
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 # (leading, trailing) transformer blocks that hear the edit's prompt without routing; see the module docstring.
 DEFAULT_PLAIN_BLOCKS = (0, 0)
@@ -176,6 +180,7 @@ class JointProcessorBase:
     def __init__(self, regions: JointRegions):
         self.regions = regions
         self._allowed: dict[tuple[int, torch.device], torch.Tensor | None] = {}
+        self._text_bias: dict[tuple, torch.Tensor] = {}
 
     def allowed(self, rows: int, device: torch.device) -> torch.Tensor | None:
         key = (rows, device)
@@ -191,7 +196,43 @@ class JointProcessorBase:
 
     def attend(self, query, key, value) -> torch.Tensor:
         """[B, heads, S, D] -> [B, heads, S, D], all tokens in the model's order."""
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=self.allowed(query.shape[0], query.device))
+        mask = self.allowed(query.shape[0], query.device)
+        if mask is None or not (self.split_softmax and query.device.type == "cpu" and _CPU_FLASH is not None):
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+        return self.attend_split(query, key, value, mask)
+
+    # On the CPU, a masked call cannot use the flash kernel over the image tokens (the bulk of the work, and never
+    # masked: every image token hears every image token). `attend_split` gives them that kernel: image queries
+    # attend to image keys unmasked and to text keys under the mask, in two calls whose softmaxes are merged by
+    # their log-sum-exp (exact: the two key sets partition the keys); text queries take the masked call. Three
+    # calls per block whatever the number of regions. Off elsewhere (GPU kernels take the mask well).
+    split_softmax = True
+
+    def attend_split(self, query, key, value, mask) -> torch.Tensor:
+        text, image = self.regions.text_tokens, self.regions.image_tokens
+        image_at, text_at = (slice(text, None), slice(None, text)) if self.text_first else (slice(None, image),
+                                                                                             slice(image, None))
+        q_image = query[:, :, image_at]
+        out_image, lse_image = _CPU_FLASH(q_image, key[:, :, image_at], value[:, :, image_at])[:2]
+        bias = self.text_bias(mask, image_at, text_at, query.dtype)
+        out_text, lse_text = _CPU_FLASH(q_image, key[:, :, text_at], value[:, :, text_at], attn_mask=bias)[:2]
+        # the text keys' share of each image query's softmax: e^lse_text / (e^lse_image + e^lse_text); finite, as
+        # every image token hears at least one real prompt token (JointRegions checks every prompt has one)
+        text_share = torch.sigmoid(lse_text - lse_image).unsqueeze(-1).to(query.dtype)
+        out = torch.empty_like(query)
+        out[:, :, image_at] = torch.lerp(out_image, out_text, text_share)
+        out[:, :, text_at] = F.scaled_dot_product_attention(query[:, :, text_at], key, value,
+                                                            attn_mask=mask[:, :, text_at])
+        return out
+
+    def text_bias(self, mask, image_at, text_at, dtype) -> torch.Tensor:
+        """Additive mask (0 / -inf) of image queries over text keys, in the query's dtype as the kernel wants."""
+        key = (mask.shape[0], mask.device, dtype)
+        if key not in self._text_bias:
+            allowed = mask[:, :, image_at, text_at]
+            self._text_bias[key] = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
+                ~allowed, float("-inf"))
+        return self._text_bias[key]
 
 
 class JointLoopMixin:
@@ -326,12 +367,11 @@ def processor_class(transformer, reference: bool = False):
     raise ValueError(f"{name} has no joint attention MQD processor; FLUX and SD3 transformers do")
 
 
-@contextmanager
-def joint_regional_attention(transformer, regions: JointRegions, plain_blocks: tuple[int, int] = DEFAULT_PLAIN_BLOCKS,
-                             processor=None):
-    """Install MQD on every joint attention block of `transformer` for the duration of the block; the first and
-    last `plain_blocks` blocks hear the edit's prompt only. The original processors come back afterwards, also
-    when the body raises. `processor` overrides the class (e.g. the per-region reference)."""
+def joint_processors(transformer, regions: JointRegions, plain_blocks: tuple[int, int] = DEFAULT_PLAIN_BLOCKS,
+                     processor=None) -> dict:
+    """Every attention processor of `transformer` with MQD on its joint attention blocks (the first and last
+    `plain_blocks` blocks hear the edit's prompt only), for `set_attn_processor`. `processor` overrides the class
+    (e.g. the per-region reference)."""
     lead, trail = plain_blocks
     names = joint_blocks(transformer)
     if lead < 0 or trail < 0 or lead + trail > len(names):
@@ -340,8 +380,16 @@ def joint_regional_attention(transformer, regions: JointRegions, plain_blocks: t
     routed, plain = cls(regions), cls(regions.plain())
     chosen = {name: plain if index < lead or index >= len(names) - trail else routed
               for index, name in enumerate(names)}
+    return {name: chosen.get(name, original) for name, original in transformer.attn_processors.items()}
+
+
+@contextmanager
+def joint_regional_attention(transformer, regions: JointRegions, plain_blocks: tuple[int, int] = DEFAULT_PLAIN_BLOCKS,
+                             processor=None):
+    """Install `joint_processors` for the duration of the block; the original processors come back afterwards,
+    also when the body raises."""
     originals = dict(transformer.attn_processors)
-    transformer.set_attn_processor({name: chosen.get(name, original) for name, original in originals.items()})
+    transformer.set_attn_processor(joint_processors(transformer, regions, plain_blocks, processor))
     try:
         yield
     finally:

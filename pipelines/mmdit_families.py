@@ -17,6 +17,7 @@ Both read text and image tokens in one attention per block (MM-DiT), sample on a
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import ClassVar
 
 import numpy as np
@@ -29,7 +30,54 @@ from .attention import RegionLoopAttnProcessor, RegionMaps
 from .families import ModelFamily
 from .text_conditioning import TextConditioning
 from .joint_attention import (DEFAULT_PLAIN_BLOCKS, JointRegions, flux_image_ids, flux_text_ids,
-                              joint_regional_attention, processor_class, trim_padding)
+                              joint_processors, joint_regional_attention, processor_class, trim_padding)
+
+
+class PlainRowsApart:
+    """CFG's unconditional rows and the MQD rows of one batch, as two denoiser calls.
+
+    In one batched call every row has the same text length, so the unconditional row carries its null prompt once
+    per region (all copies but the first idle, joint_attention: plain_rows) through every block's text stream and
+    attention. Run on its own, it reads one copy with its padding cut, attends without a mask (the model's fast
+    kernel), and MQD's extra text tokens cost only the rows that use them. The same attention, so the same result
+    up to float rounding (tests/test_joint_attention.py).
+    """
+
+    def __init__(self, transformer, maps: RegionMaps, grid, text: TextConditioning, plain_rows: tuple[int, ...], cls):
+        self.rows = int(text.embeds.shape[0])
+        if not all(0 <= row < self.rows for row in plain_rows):
+            raise ValueError(f"plain rows {plain_rows} are outside a batch of {self.rows}")
+        self.plain = tuple(sorted(plain_rows))
+        self.routed = tuple(row for row in range(self.rows) if row not in plain_rows)
+        self.per_region = maps.tokens
+        plain_text = self.plain_text(text)
+        one = RegionMaps(np.zeros(maps.latent_size, dtype=np.int64), 1, plain_text.tokens, maps.latent_size,
+                         grids=maps.grids)
+        self.plain_processors = joint_processors(transformer, JointRegions(one, grid, plain_text.attention_mask),
+                                                 (0, 0), cls)
+        routed_mask = self.select(text, self.routed).attention_mask
+        self.routed_processors = joint_processors(transformer, JointRegions(maps, grid, routed_mask),
+                                                  DEFAULT_PLAIN_BLOCKS, cls)
+
+    @staticmethod
+    def select(text: TextConditioning, rows: tuple[int, ...]) -> TextConditioning:
+        def pick(tensor):
+            return None if tensor is None else tensor[list(rows)] if tensor.shape[0] > 1 else tensor
+        return TextConditioning(pick(text.embeds), pick(text.attention_mask), pick(text.pooled))
+
+    def plain_text(self, text: TextConditioning) -> TextConditioning:
+        """The plain rows' first prompt copy, padding every row has cut."""
+        rows = self.select(text, self.plain)
+        mask = None if rows.attention_mask is None else rows.attention_mask[:, :self.per_region]
+        embeds, mask, _ = trim_padding(rows.embeds[:, :self.per_region], mask, self.per_region, 1)
+        return TextConditioning(embeds, None if mask is None or mask.all() else mask, rows.pooled)
+
+    def calls(self, text: TextConditioning):
+        """(rows, processors, text) of each call."""
+        if self.plain:
+            yield self.plain, self.plain_processors, self.plain_text(text)
+        if self.routed:
+            yield self.routed, self.routed_processors, self.select(text, self.routed)
 
 
 class JointAttentionFamily(ModelFamily):
@@ -98,10 +146,43 @@ class JointAttentionFamily(ModelFamily):
         if maps is None:
             maps = RegionMaps(np.zeros(size, dtype=np.int64), 1, text.tokens, size, grids=grids)
         grid = next(iter(grids.values()))
-        regions = JointRegions(maps, grid, text.attention_mask, tuple(plain_rows))
         reference = processor_class_ is RegionLoopAttnProcessor  # benchmark/mqd_speed.py times the loop
-        return joint_regional_attention(self.denoiser, regions, DEFAULT_PLAIN_BLOCKS,
-                                        processor_class(self.denoiser, reference=reference))
+        cls = processor_class(self.denoiser, reference=reference)
+        if plain_rows and maps.count > 1:
+            return self.plain_rows_apart(PlainRowsApart(self.denoiser, maps, grid, text, tuple(plain_rows), cls))
+        regions = JointRegions(maps, grid, text.attention_mask, tuple(plain_rows))
+        return joint_regional_attention(self.denoiser, regions, DEFAULT_PLAIN_BLOCKS, cls)
+
+    @contextmanager
+    def plain_rows_apart(self, apart: PlainRowsApart):
+        """`predict` runs the plain rows and the routed rows as two calls while the block lasts."""
+        originals = dict(self.denoiser.attn_processors)
+        self._apart = apart
+        try:
+            yield
+        finally:
+            self._apart = None
+            self.denoiser.set_attn_processor(originals)
+
+    def predict(self, latents, timestep, text, timestep_cond=None):
+        """The denoiser's output; under `plain_rows_apart`, the plain rows (CFG's unconditional half) hear one
+        copy of their prompt in a call of their own, the other rows run MQD in another (see PlainRowsApart)."""
+        apart = getattr(self, "_apart", None)
+        if apart is None or latents.shape[0] != apart.rows:
+            return self.predict_rows(latents, timestep, text, timestep_cond)
+        out = None
+        for rows, processors, part in apart.calls(text):
+            self.denoiser.set_attn_processor(dict(processors))  # diffusers pops from the dict it is given
+            index = torch.tensor(rows, device=latents.device)
+            cond = None if timestep_cond is None else timestep_cond[index]
+            result = self.predict_rows(latents[index], timestep, part, cond)
+            if out is None:
+                out = result.new_empty((latents.shape[0], *result.shape[1:]))
+            out[index] = result
+        return out
+
+    def predict_rows(self, latents, timestep, text, timestep_cond=None):
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ identity
     @property
@@ -142,7 +223,7 @@ class StableDiffusion3(JointAttentionFamily):
         return TextConditioning(torch.cat([clip, t5], dim=1).to(dtype), torch.cat([clip_mask, t5_mask], dim=1),
                                 torch.cat(pooled, dim=-1).to(dtype))
 
-    def predict(self, latents, timestep, text, timestep_cond=None):
+    def predict_rows(self, latents, timestep, text, timestep_cond=None):
         timestep = torch.as_tensor(timestep, device=latents.device, dtype=latents.dtype).reshape(-1)
         return self.denoiser(latents, encoder_hidden_states=text.embeds, pooled_projections=text.pooled,
                              timestep=timestep.expand(latents.shape[0])).sample
@@ -185,7 +266,7 @@ class Flux(JointAttentionFamily):
         dtype = self.denoiser.dtype
         return TextConditioning(t5.to(dtype), mask, pooled.to(dtype))
 
-    def predict(self, latents, timestep, text, timestep_cond=None):
+    def predict_rows(self, latents, timestep, text, timestep_cond=None):
         """Pack, call with sigma = t / 1000 and the rotary ids, unpack. `timestep_cond` is FLUX-dev's guidance
         scale per row (from `guidance_condition`); without one (guidance off) dev embeds a scale of 1."""
         rows = latents.shape[0]

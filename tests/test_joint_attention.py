@@ -60,6 +60,8 @@ def captured_attention(monkeypatch, transformer, regions, plain_blocks=(0, 0)):
     base = joint.processor_class(transformer)
 
     class Spy(base):
+        split_softmax = False  # one fused call: the mask it receives is what these tests read
+
         def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
             kind = "sd3" if base is SD3JointAttnProcessor else "dual" if encoder_hidden_states is not None else "single"
             calls.append({"kind": kind, "plain": self.regions.maps.owners.min() == regions.maps.count - 1})
@@ -156,6 +158,26 @@ def test_the_fused_call_equals_the_per_region_reference_in_every_block(model):
     # the unconditional row is what the plain model gives for the first copy's real tokens alone
     alone = call(transformer, latents[:1], text[:1, :NULL_REAL].contiguous(), pooled[:1])
     assert (fused[:1] - alone).abs().max().item() < 1e-5
+
+
+def test_the_cpu_split_softmax_equals_the_one_masked_call(model, monkeypatch):
+    """On the CPU image queries attend in two calls (image keys unmasked, text keys masked) merged by their
+    log-sum-exp; that is the masked call's softmax, row for row."""
+    name, transformer = model
+    assert joint._CPU_FLASH is not None, "this torch has the CPU flash kernel the split path uses"
+    latents, text, pooled = inputs(seed=4)
+    split_calls = []
+    real_split = joint.JointProcessorBase.attend_split
+    monkeypatch.setattr(joint.JointProcessorBase, "attend_split",
+                        lambda self, *args: split_calls.append(1) or real_split(self, *args))
+    with joint_regional_attention(transformer, cfg_regions()):
+        split = call(transformer, latents, text, pooled)
+    assert len(split_calls) == (4 if name == "flux" else 3)
+    monkeypatch.setattr(joint.JointProcessorBase, "split_softmax", False)
+    with joint_regional_attention(transformer, cfg_regions()):
+        fused = call(transformer, latents, text, pooled)
+    assert len(split_calls) == (4 if name == "flux" else 3)
+    assert (split - fused).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("kind", ["dual", "single", "sd3-joint", "sd3-last"])

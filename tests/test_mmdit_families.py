@@ -170,14 +170,23 @@ def test_mqd_weights_measured_inside_the_joint_processor_of_an_edit(session, fam
         return real_sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
 
     monkeypatch.setattr(joint.JointProcessorBase, "allowed", allowed)
+    monkeypatch.setattr(joint.JointProcessorBase, "split_softmax", False)  # the fused call, whose mask is read
     monkeypatch.setattr(joint.F, "scaled_dot_product_attention", sdpa)
     session.edit("a red star with a white moon", (8, 8, 24, 24))  # longer: the other prompts keep padding
     monkeypatch.undo()
 
-    regions = seen_regions[-1]
-    assert regions.maps.count == 3 and regions.plain_rows == ((0,) if family == "sd3" else ())
+    routed = [(query, key, mask) for query, key, mask in calls if mask is not None]
+    plain = [(query, key) for query, key, mask in calls if mask is None]
+    regions = [r for r in seen_regions if r.maps.count > 1][-1]
+    assert regions.maps.count == 3 and regions.plain_rows == ()
     blocks = 3 if family == "sd3" else 4
-    assert len(calls) == blocks * STEPS, "one fused call per joint block per step"
+    assert len(routed) == blocks * STEPS, "one fused call per joint block per step"
+    if family == "sd3":  # CFG's unconditional row in a call of its own: one null-prompt copy, no mask
+        assert len(plain) == blocks * STEPS and all(query.shape[0] == 1 for query, _, _ in routed)
+        assert all(key.shape[2] < routed[0][1].shape[2] - regions.maps.tokens for _, key in plain)
+    else:
+        assert not plain
+    calls = routed
     text_first = family == "flux"
     tokens, count = regions.maps.tokens, regions.maps.count
     assert tokens < {"sd3": 16 + 16, "flux": 16}[family], "the padding every prompt has was cut off"
@@ -290,3 +299,29 @@ def test_the_benchmark_runs_on_a_tiny_flux_folder(tmp_path):
     run = json.loads((out / "run.json").read_text())
     results = json.loads((out / "scenes" / run["plans"][0]["name"] / "full.json").read_text())
     assert results["status"] == "ok" and results["edits"] and results["background"]["unet_evals"] == 2
+
+
+def test_cfg_rows_apart_equal_the_batched_call_with_plain_rows(pipeline):
+    """CFG's unconditional row runs in a call of its own with one null-prompt copy (PlainRowsApart): the same
+    attention as the batched call where it carries a copy per region, idle but for the first."""
+    from pipelines.attention import RegionMaps
+    from pipelines.text_conditioning import TextConditioning
+
+    family = pipeline.family
+    prompts = [family.encode_prompt([p]) for p in ("a red star", "a white moon on a night background", "a cat")]
+    null = family.encode_prompt([""])
+    text = family.prepare_text(TextConditioning.batch([null.repeat_tokens(3), TextConditioning.regions(prompts)]), 3)
+    latent = (SIZE[1] // 8, SIZE[0] // 8)
+    region_masks = [np.ones(SIZE[::-1], bool), np.zeros(SIZE[::-1], bool), np.zeros(SIZE[::-1], bool)]
+    region_masks[1][:16, :16] = True
+    region_masks[2][8:24, 8:24] = True
+    maps = RegionMaps.from_masks(region_masks, text.tokens // 3, latent, family.token_grids(latent))
+    latents = torch.randn(2, pipeline.latent_channels, *latent, generator=torch.Generator().manual_seed(0))
+    grid = next(iter(family.token_grids(latent).values()))
+    with torch.no_grad():
+        with family.attention_routing(maps, text, None, (0,)):
+            apart = family.predict(latents, 500, text)
+        with joint.joint_regional_attention(family.denoiser, joint.JointRegions(maps, grid, text.attention_mask, (0,))):
+            batched = family.predict_rows(latents, 500, text)
+    assert getattr(family, "_apart") is None
+    torch.testing.assert_close(apart, batched, rtol=1e-5, atol=1e-5)
