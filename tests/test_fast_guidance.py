@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -199,3 +201,35 @@ def test_a_format_1_adapter_gains_a_head_on_resume_and_trains_on_edits_and_traje
     assert load_guidance_adapter(loaded, out).head is not None
     with pytest.raises(ValueError, match="without a guidance head"):  # a headed adapter cannot lose its head
         distill(tiny_pipeline(), out, DistillConfig(steps=5, head=False, **settings), prompts, **quiet)
+
+
+@pytest.mark.parametrize("sampling", ["by-noise", "all"])
+def test_edit_rollouts_train_on_high_noise_calls_more_when_sampling_by_noise(sampling):
+    """by-noise: a call at t is trained on with probability max(0.25, t / T); the others still advance the
+    rollout (through the student or the teacher), so every scene runs all of its steps."""
+    from training.distill.adapter import prepare_student
+    from training.distill.data import encode_prompts
+    from training.distill.rollouts import EditRollouts, prompt_scenes
+
+    pipeline = tiny_pipeline()
+    config = DistillConfig(steps=10, data="edits", call_sampling=sampling, **{**TINY_TRAINING, "sample_steps": (10, 10)})
+    prepare_student(pipeline.unet, Path("no-adapter-here"), config)
+    learned, seen = [], []
+
+    class Recording(EditRollouts):
+        def trains_on(self, t):
+            seen.append(int(t))
+            return super().trains_on(t)
+
+    rollouts = Recording(pipeline, prompt_scenes(list_prompts(PROMPTS), pipeline.default_size),
+                         encode_prompts(pipeline, [""]), config, np.random.default_rng(0),
+                         lambda pred, target, sample, t: learned.append(int(t[0])))
+    for _ in range(3):
+        rollouts.run_scene()
+    assert len(seen) >= 60 and rollouts.calls == len(learned)  # 3 scenes of a background + 1-2 edits, 10 steps
+    if sampling == "all":
+        assert sorted(learned) == sorted(seen)
+    else:
+        high = [t for t in seen if t > 700]
+        low = [t for t in seen if t < 250]
+        assert sum(t > 700 for t in learned) / len(high) > 0.6 > 0.45 > sum(t < 250 for t in learned) / len(low)

@@ -13,7 +13,7 @@ from pipelines.guidance_format import LORA_GAINS
 from pipelines.loading import EMBEDDED_MODEL_DIR, load_pipeline, resolve_model
 
 from .. import configs
-from .config import DATA_MODES, LOSSES, MODES, DistillConfig
+from .config import CALL_SAMPLING, DATA_MODES, LOSSES, MODES, DistillConfig
 from .data import file_prompts, shapes_world_latents, shapes_world_prompts
 from .loop import distill
 
@@ -104,6 +104,9 @@ def add_distill_command(subparsers) -> argparse.ArgumentParser:
                         help="--data edits: share of edits that follow the student's own output (default %(default)s)")
     parser.add_argument("--accumulate", type=int, default=defaults.accumulate,
                         help="--data edits: denoiser calls per optimizer step (default %(default)s)")
+    parser.add_argument("--call-sampling", choices=CALL_SAMPLING, default=defaults.call_sampling,
+                        help="--data edits: by-noise trains on a call at timestep t with probability "
+                             "max(0.25, t / T), all on every call (default %(default)s)")
     parser.add_argument("--fast-steps", type=int, default=defaults.fast_steps,
                         help="--mode fast: the student's steps (default %(default)s)")
     parser.add_argument("--teacher-steps", type=int, default=defaults.teacher_steps,
@@ -125,6 +128,7 @@ def run_distill_command(args) -> int:
     steps = args.steps if args.steps is not None else (None if args.minutes is not None else DistillConfig.steps)
     config = DistillConfig(
         mode=args.mode, head=not args.no_head, min_scale=args.min_scale, student_rollouts=args.student_rollouts, accumulate=args.accumulate,
+        call_sampling=args.call_sampling,
         fast_steps=args.fast_steps, teacher_steps=args.teacher_steps,
         steps=steps, minutes=args.minutes, rank=args.rank, alpha=args.alpha,
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), data=args.data,

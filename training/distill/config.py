@@ -22,6 +22,12 @@ MODES = ("guidance", "fast")
 # high-noise steps (x0 errors: where layout and shape are decided) and low-noise steps (eps errors) both count.
 # "relative-x0": x0 space only (the error at high noise).
 LOSSES = ("relative-v", "relative-eps", "relative-x0", "relative", "mse")
+# Which denoiser calls of an edit rollout are trained on. "all": every one. "by-noise": a call at timestep t with
+# probability max(CALL_FLOOR, t / T) (the rest run without gradient, and without the teacher when the rollout
+# follows the student), so the high-noise steps, where layout and colour are decided and the student's error is
+# largest, get more of the updates per CPU minute.
+CALL_SAMPLING = ("by-noise", "all")
+CALL_FLOOR = 0.25
 
 
 @dataclass
@@ -48,6 +54,7 @@ class DistillConfig:
     max_scale: float = MAX_SCALE  # s ~ U[min_scale, max_scale]; a narrower range fits s = 7.5 better
     student_rollouts: float = 0.5  # share of edits that continue from the student's output (else the teacher's)
     accumulate: int = 4  # edit-rollout denoiser calls per optimizer step (each call is one batch row)
+    call_sampling: str = "by-noise"  # see CALL_SAMPLING
     fast_steps: int = 4  # "fast": the student's DDIM steps (trailing spacing)
     teacher_steps: int = 20  # "fast": the CFG teacher's DDIM steps, cut into fast_steps segments
     embedding_dim: int = EMBEDDING_DIM
@@ -68,6 +75,8 @@ class DistillConfig:
                              f"fast_steps, got data={self.data!r}, {self.teacher_steps} and {self.fast_steps}")
         if self.data not in DATA_MODES:
             raise ValueError(f"data must be one of {DATA_MODES}, got {self.data!r}")
+        if self.call_sampling not in CALL_SAMPLING:
+            raise ValueError(f"call_sampling must be one of {CALL_SAMPLING}, got {self.call_sampling!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.lora_gain not in LORA_GAINS:

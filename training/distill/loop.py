@@ -177,6 +177,7 @@ class DistillationRun:
             "mode": config.mode, "fast_steps": config.fast_steps if config.mode == "fast" else None,
             "teacher_steps": config.teacher_steps if config.mode == "fast" else None, "data": config.data, "lr": config.lr, "batch_size": config.batch_size,
             "student_rollouts": config.student_rollouts, "accumulate": config.accumulate,
+            "call_sampling": config.call_sampling,
             "sample_steps": list(config.sample_steps), "hardware": hardware(),
             "prediction_type": scheduler_config.get("prediction_type", "epsilon"),
             "val_rel_error": val, "last_loss": round(float(np.mean(self.losses[-50:])), 6) if self.losses else None,

@@ -29,7 +29,7 @@ from pipelines.guidance_format import guidance_embedding
 from pipelines.schedulers import make_scheduler
 
 from .adapter import student
-from .config import DistillConfig
+from .config import CALL_FLOOR, DistillConfig
 from .data import PromptSampler
 
 Learn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]  # (pred, target, sample, t)
@@ -163,6 +163,8 @@ class EditRollouts:
         scale = self.adapter.scale
         rows = latents.shape[0]
         t_rows = torch.as_tensor(t, device=latents.device).reshape(-1).expand(rows)
+        if not self.trains_on(t):
+            return self.untrained_call(predict, latents, t, text, timestep_cond, scale)
         with torch.no_grad():
             target = (self.fast_target(predict, latents, t, text, scale) if self.config.mode == "fast"
                       else self.guided(predict, latents, t, text, scale))
@@ -172,6 +174,23 @@ class EditRollouts:
         self.calls += 1
         chosen = pred.detach() if self.follow_student else target
         return chosen.to(latents.dtype)
+
+    def trains_on(self, t) -> bool:
+        """Whether this call is trained on (config.call_sampling)."""
+        if self.config.call_sampling == "all":
+            return True
+        share = max(CALL_FLOOR, float(t) / self.pipeline.scheduler.config.num_train_timesteps)
+        return bool(self.rng.random() < share)
+
+    def untrained_call(self, predict, latents, t, text, timestep_cond, scale) -> torch.Tensor:
+        """The rollout's next output without a training step: the student's (no gradient) or the teacher's."""
+        with torch.no_grad():
+            if not self.follow_student:
+                target = (self.fast_target(predict, latents, t, text, scale) if self.config.mode == "fast"
+                          else self.guided(predict, latents, t, text, scale))
+                return target.to(latents.dtype)
+            with student(self.pipeline.denoiser, torch.full((latents.shape[0],), scale), self.config.lora_gain):
+                return predict(latents, t, text, timestep_cond=timestep_cond).to(latents.dtype)
 
     def guided(self, predict, latents, t, text, scale) -> torch.Tensor:
         """The teacher's CFG output (adapter off, no scale embedding); its unconditional row hears the null prompt
