@@ -12,7 +12,7 @@ Both read text and image tokens in one attention per block (MM-DiT), sample on a
   as an embedding: that is FLUX-dev's `guidance="distilled"` (no adapter, no negative prompt, one row per step).
 - MQD: every joint attention block runs under joint_attention's processors, always: with one region when there is
   no routing, so T5 padding is masked in plain edits too and MQD's cost is measured against the same baseline.
-  CFG's unconditional row attends plainly (joint_attention: plain_rows).
+  CFG's unconditional row attends plainly, in a call of its own with one copy of its prompt (PlainRowsApart).
 """
 
 from __future__ import annotations
