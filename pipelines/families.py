@@ -192,7 +192,7 @@ class StableDiffusion(ModelFamily):
     def encode_prompt(self, texts: Sequence[str]) -> TextConditioning:
         encoder = self.pipeline.text_encoder
         hidden = encoder(self.tokenize("tokenizer", texts).input_ids.to(encoder.device))[0]
-        return TextConditioning(hidden.to(dtype=self.denoiser.dtype))
+        return TextConditioning(hidden.to(dtype=parameter_dtype(self.denoiser)))
 
     def predict(self, latents, timestep, text, timestep_cond=None):
         return self.denoiser(latents, timestep, encoder_hidden_states=text.embeds, timestep_cond=timestep_cond).sample
@@ -225,7 +225,7 @@ class StableDiffusionXL(ModelFamily):
             out = encoder(self.tokenize(tokenizer_name, texts).input_ids.to(encoder.device), output_hidden_states=True)
             hidden.append(out.hidden_states[-2])  # SDXL reads the penultimate layer of both encoders
             pooled = out[0]  # the second encoder's projected pooled output (text_embeds)
-        dtype = self.denoiser.dtype
+        dtype = parameter_dtype(self.denoiser)
         return TextConditioning(torch.cat(hidden, dim=-1).to(dtype=dtype), pooled=pooled.to(dtype=dtype))
 
     def pack_text(self, text: TextConditioning) -> torch.Tensor:
@@ -277,7 +277,7 @@ class PixArtAlpha(ModelFamily):
         tokens = self.tokenize("tokenizer", texts)
         mask = tokens.attention_mask.to(encoder.device)
         hidden = encoder(tokens.input_ids.to(encoder.device), attention_mask=mask)[0]
-        return TextConditioning(hidden.to(dtype=self.denoiser.dtype), attention_mask=mask.bool())
+        return TextConditioning(hidden.to(dtype=parameter_dtype(self.denoiser)), attention_mask=mask.bool())
 
     def pack_text(self, text: TextConditioning) -> torch.Tensor:
         """The token mask as one more channel (1 on real tokens)."""
@@ -362,6 +362,17 @@ def check_model_index(folder: str | Path) -> None:
             pipeline = index.get("_class_name", "an unknown pipeline")
             raise UnsupportedModelError(f"{folder} is a {pipeline} with a {cls} {name}, which the editor cannot run "
                                         f"yet; supported: {supported_families()}")
+
+
+PLAIN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def parameter_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The model's compute dtype. diffusers' `dtype` walks every submodule for casting hooks on each call (a
+    visible share of a few-step edit); without those hooks the first parameter's dtype is the same answer, and a
+    storage dtype that is not a plain float (layerwise casting keeps fp8) falls back to diffusers'."""
+    dtype = next(model.parameters()).dtype
+    return dtype if dtype in PLAIN_DTYPES else model.dtype
 
 
 def timestep_embedding(denoiser) -> torch.nn.Module:

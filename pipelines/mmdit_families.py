@@ -27,7 +27,7 @@ from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
 from . import flow_matching
 from .attention import RegionLoopAttnProcessor, RegionMaps
-from .families import ModelFamily
+from .families import ModelFamily, parameter_dtype
 from .text_conditioning import TextConditioning
 from .joint_attention import (DEFAULT_PLAIN_BLOCKS, JointRegions, flux_image_ids, flux_text_ids,
                               joint_processors, joint_regional_attention, processor_class, trim_padding)
@@ -219,7 +219,7 @@ class StableDiffusion3(JointAttentionFamily):
         t5, t5_mask = self.encode_t5(texts)
         clip = F.pad(torch.cat(hidden, dim=-1), (0, t5.shape[-1] - sum(h.shape[-1] for h in hidden)))
         clip_mask = torch.ones(clip.shape[:2], dtype=torch.bool, device=t5_mask.device)
-        dtype = self.denoiser.dtype
+        dtype = parameter_dtype(self.denoiser)
         return TextConditioning(torch.cat([clip, t5], dim=1).to(dtype), torch.cat([clip_mask, t5_mask], dim=1),
                                 torch.cat(pooled, dim=-1).to(dtype))
 
@@ -263,7 +263,7 @@ class Flux(JointAttentionFamily):
         tokens = self.padded("tokenizer", texts, self.clip_tokens("tokenizer"))
         pooled = encoder(tokens.input_ids.to(encoder.device)).pooler_output
         t5, mask = self.encode_t5(texts)
-        dtype = self.denoiser.dtype
+        dtype = parameter_dtype(self.denoiser)
         return TextConditioning(t5.to(dtype), mask, pooled.to(dtype))
 
     def predict_rows(self, latents, timestep, text, timestep_cond=None):

@@ -26,7 +26,7 @@ from .bcg import BackgroundMemory
 from .compositing import composite
 from .attention import RegionalAttnProcessor, RegionMaps, resolve_attention
 from .call_inputs import CALLBACK_TENSOR_INPUTS, EditRegion, LayeredPipelineOutput, check_settings
-from .families import ModelFamily, family_class, identity_mismatch
+from .families import ModelFamily, family_class, identity_mismatch, parameter_dtype
 from .guidance import NEGATIVE_PROMPT_ERROR, GuidanceAdapter
 from .masks import bcg_latent_mask, latent_mask
 from .schedulers import initial_sigma, make_scheduler, scale_model_input, schedule_fingerprint
@@ -108,7 +108,7 @@ class LayeredPipeline(DiffusionPipeline):
         visible share of a few-step edit); a pipeline with offloading hooks keeps diffusers' answer."""
         if getattr(self.denoiser, "_hf_hook", None) is not None:
             return super()._execution_device
-        return self.denoiser.device
+        return next(self.denoiser.parameters()).device  # diffusers' `device` also walks the modules
 
     @property
     def guidance_adapter(self) -> GuidanceAdapter | None:
@@ -211,7 +211,7 @@ class LayeredPipeline(DiffusionPipeline):
         shape = (1, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         generator = torch.Generator("cpu").manual_seed(int(seed))
         return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(
-            device=self._execution_device, dtype=self.denoiser.dtype)
+            device=self._execution_device, dtype=parameter_dtype(self.denoiser))
 
     def inpainting_inputs(self, edit: EditRegion | None, height: int, width: int) -> torch.Tensor:
         """The extra mask + masked-image latents an inpainting UNet reads (empty for text-to-image UNets)."""
@@ -223,8 +223,8 @@ class LayeredPipeline(DiffusionPipeline):
             region = edit.region
             known = np.where(region[..., None], 127, edit.previous_image)
         size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
-        mask = latent_mask(region, size, device=self._execution_device, dtype=self.denoiser.dtype)
-        return torch.cat([mask, self.encode_image(known.astype(np.uint8)).to(self.denoiser.dtype)], dim=1)
+        mask = latent_mask(region, size, device=self._execution_device, dtype=parameter_dtype(self.denoiser))
+        return torch.cat([mask, self.encode_image(known.astype(np.uint8)).to(parameter_dtype(self.denoiser))], dim=1)
 
     # ----------------------------------------------------------------- the call
     @torch.no_grad()
@@ -321,11 +321,11 @@ class LayeredPipeline(DiffusionPipeline):
         student, timestep_cond = contextlib.nullcontext(), None
         if distilled and self.family.native_guidance:  # FLUX-dev: the denoiser's own guidance embedding
             timestep_cond = self.family.guidance_condition(guidance_scale, latents.shape[0], device,
-                                                           self.denoiser.dtype)
+                                                           parameter_dtype(self.denoiser))
         elif distilled or fast:
             adapter = self.fast_adapter if fast else self.guidance_adapter
             student = adapter.applied(guidance_scale)
-            timestep_cond = adapter.embedding(guidance_scale, latents.shape[0], device, self.denoiser.dtype)
+            timestep_cond = adapter.embedding(guidance_scale, latents.shape[0], device, parameter_dtype(self.denoiser))
 
         # 7. Denoising loop, with the MQD processors installed for this call only
         trajectory: list[torch.Tensor] = []
@@ -461,7 +461,7 @@ class LayeredPipeline(DiffusionPipeline):
         sampler = make_scheduler(scheduler, self.scheduler.config)
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         self.family.set_timesteps(sampler, num_inference_steps, latent_size, device=self._execution_device)
-        latent = self.encode_image(image).to(self.denoiser.dtype)
+        latent = self.encode_image(image).to(parameter_dtype(self.denoiser))
         noise = self.initial_noise(seed, height, width)
         trajectory = bcg.renoised_trajectory(sampler, latent, noise, sampler.timesteps)
         return [z.detach().to("cpu", torch.float16) for z in trajectory], schedule_fingerprint(sampler)
