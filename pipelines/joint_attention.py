@@ -201,8 +201,9 @@ class JointProcessorBase:
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         return self.attend_split(query, key, value, mask)
 
-    # On the CPU, a masked call cannot use the flash kernel over the image tokens (the bulk of the work, and never
-    # masked: every image token hears every image token). `attend_split` gives them that kernel: image queries
+    # On the CPU a masked call runs ~7-11% slower than an unmasked one of the same length (measured at 4,387 tokens),
+    # though the image tokens (the bulk of the work) are never masked among themselves: every image token hears
+    # every image token. `attend_split` gives them the unmasked kernel: image queries
     # attend to image keys unmasked and to text keys under the mask, in two calls whose softmaxes are merged by
     # their log-sum-exp (exact: the two key sets partition the keys); text queries take the masked call. Three
     # calls per block whatever the number of regions. Off elsewhere (GPU kernels take the mask well).
