@@ -40,7 +40,7 @@ class PlainRowsApart:
     per region (all copies but the first idle, joint_attention: plain_rows) through every block's text stream and
     attention. Run on its own, it reads one copy with its padding cut, attends without a mask (the model's fast
     kernel), and MQD's extra text tokens cost only the rows that use them. The same attention, so the same result
-    up to float rounding (tests/test_joint_attention.py).
+    up to float rounding (tests/test_mmdit_families.py).
     """
 
     def __init__(self, transformer, maps: RegionMaps, grid, text: TextConditioning, plain_rows: tuple[int, ...], cls):
@@ -50,6 +50,7 @@ class PlainRowsApart:
         self.plain = tuple(sorted(plain_rows))
         self.routed = tuple(row for row in range(self.rows) if row not in plain_rows)
         self.per_region = maps.tokens
+        self._parts = None  # (text, its plain rows' part, its routed rows' part)
         plain_text = self.plain_text(text)
         one = RegionMaps(np.zeros(maps.latent_size, dtype=np.int64), 1, plain_text.tokens, maps.latent_size,
                          grids=maps.grids)
@@ -73,11 +74,14 @@ class PlainRowsApart:
         return TextConditioning(embeds, None if mask is None or mask.all() else mask, rows.pooled)
 
     def calls(self, text: TextConditioning):
-        """(rows, processors, text) of each call."""
+        """(rows, processors, text) of each call; the parts of a text are cut once (it is the same every step)."""
+        if self._parts is None or self._parts[0] is not text:
+            self._parts = (text, self.plain_text(text), self.select(text, self.routed))
+        _, plain_text, routed_text = self._parts
         if self.plain:
-            yield self.plain, self.plain_processors, self.plain_text(text)
+            yield self.plain, self.plain_processors, plain_text
         if self.routed:
-            yield self.routed, self.routed_processors, self.select(text, self.routed)
+            yield self.routed, self.routed_processors, routed_text
 
 
 class JointAttentionFamily(ModelFamily):
