@@ -166,8 +166,7 @@ class EditRollouts:
         if not self.trains_on(t):
             return self.untrained_call(predict, latents, t, text, timestep_cond, scale)
         with torch.no_grad():
-            target = (self.fast_target(predict, latents, t, text, scale) if self.config.mode == "fast"
-                      else self.guided(predict, latents, t, text, scale))
+            target = self.target(predict, latents, t, text, scale)
         with torch.enable_grad(), student(self.pipeline.denoiser, torch.full((rows,), scale), self.config.lora_gain):
             pred = predict(latents, t, text, timestep_cond=timestep_cond)
             self.learn(pred, target, latents, t_rows)
@@ -186,11 +185,15 @@ class EditRollouts:
         """The rollout's next output without a training step: the student's (no gradient) or the teacher's."""
         with torch.no_grad():
             if not self.follow_student:
-                target = (self.fast_target(predict, latents, t, text, scale) if self.config.mode == "fast"
-                          else self.guided(predict, latents, t, text, scale))
-                return target.to(latents.dtype)
+                return self.target(predict, latents, t, text, scale).to(latents.dtype)
             with student(self.pipeline.denoiser, torch.full((latents.shape[0],), scale), self.config.lora_gain):
                 return predict(latents, t, text, timestep_cond=timestep_cond).to(latents.dtype)
+
+    def target(self, predict, latents, t, text, scale) -> torch.Tensor:
+        """What the student must output at this state (see the module doc)."""
+        if self.config.mode == "fast":
+            return self.fast_target(predict, latents, t, text, scale)
+        return self.guided(predict, latents, t, text, scale)
 
     def guided(self, predict, latents, t, text, scale) -> torch.Tensor:
         """The teacher's CFG output (adapter off, no scale embedding); its unconditional row hears the null prompt
