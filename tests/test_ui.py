@@ -282,9 +282,12 @@ def test_choosing_fast_guidance_fixes_steps_and_scheduler_and_disables_the_negat
     assert (scheduler["value"], scheduler["interactive"]) == ("ddim", False)
     assert fast["steps_before_fast"] == (30.0, "euler")
     # While fast is chosen, the other choices still say what they cost at the user's 30 steps.
-    labels = handlers.steps_changed(4, "fast", fast["steps_before_fast"])["setting:guidance"]["choices"]
+    labels = handlers.cost_changed(4, 7.5, "fast", fast["steps_before_fast"])["setting:guidance"]["choices"]
     assert labels == [("CFG · 60 UNet passes", "cfg"), ("distilled · 30 UNet passes", "distilled"),
                       ("fast · 4 UNet passes", "fast")]
+    # At a guidance scale <= 1 the pipeline turns guidance off: CFG is then one pass per step too.
+    labels = handlers.cost_changed(30, 1.0, "cfg", None)["setting:guidance"]["choices"]
+    assert labels[0] == ("CFG · 30 UNet passes", "cfg")
     back = handlers.guidance_changed("cfg", 4, "ddim", fast["steps_before_fast"])
     assert back["setting:num_inference_steps"]["value"] == 30.0 and back["setting:num_inference_steps"]["interactive"]
     assert back["setting:scheduler"]["value"] == "euler" and back["setting:scheduler"]["interactive"]

@@ -106,15 +106,17 @@ def fast_steps(pipeline) -> int | None:
     return getattr(pipeline, "fast_steps", None)
 
 
-def unet_passes(mode: str, steps: int, fast: int | None) -> int:
-    """UNet evaluations of one edit: CFG runs an unconditional and a conditional pass per step, distilled one;
-    fast runs its adapter's `fast` steps, one pass each."""
-    return {"cfg": 2 * steps, "distilled": steps, "fast": fast}[mode]
+def unet_passes(mode: str, steps: int, fast: int | None, guidance_scale: float) -> int:
+    """UNet evaluations of one edit: CFG runs an unconditional and a conditional pass per step (one at a guidance
+    scale <= 1, where the pipeline turns guidance off), distilled one; fast runs its adapter's `fast` steps, one
+    pass each."""
+    return {"cfg": 2 * steps if guidance_scale > 1 else steps, "distilled": steps, "fast": fast}[mode]
 
 
-def guidance_labels(pipeline, steps: int) -> list[tuple[str, str]]:
+def guidance_labels(pipeline, steps: int, guidance_scale: float) -> list[tuple[str, str]]:
     """The guidance control's (label, mode) choices, each label saying what an edit costs at `steps` steps."""
-    return [(f"{GUIDANCE_NAMES[mode]} · {passes(unet_passes(mode, steps, fast_steps(pipeline)))}", mode)
+    fast = fast_steps(pipeline)
+    return [(f"{GUIDANCE_NAMES[mode]} · {passes(unet_passes(mode, steps, fast, guidance_scale))}", mode)
             for mode in guidance_choices(pipeline)]
 
 

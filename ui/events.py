@@ -161,7 +161,7 @@ def _wire_file_events(demo: gr.Blocks, ui: Components, handlers: Handlers) -> No
 
 def _wire_control_events(ui: Components, handlers: Handlers) -> None:
     """Controls that change other controls: the prompt's token count, the box numbers, and the guidance mode's
-    negative prompt, steps and scheduler (and the guidance choices' costs, which follow the steps)."""
+    negative prompt, steps and scheduler (and the guidance choices' costs, which follow the steps and the scale)."""
     ui.prompt.change(handlers.prompt_changed, [ui.prompt], [ui.prompt_check], queue=False, show_progress="hidden",
                      api_name="check_prompt")
     ui.mask_mode.change(handlers.mask_mode_changed, [ui.mask_mode], [ui.box_row], queue=False,
@@ -171,5 +171,7 @@ def _wire_control_events(ui: Components, handlers: Handlers) -> None:
           [guidance, steps, ui.settings["scheduler"], ui.steps_before_fast],
           ("setting:negative_prompt", "setting:num_inference_steps", "setting:scheduler", "steps_before_fast"),
           api_name=False, queue=False)
-    _wire(ui, steps.change, handlers.steps_changed, [steps, guidance, ui.steps_before_fast], ("setting:guidance",),
-          api_name=False, queue=False)
+    for control in (steps, ui.settings["guidance_scale"]):
+        _wire(ui, control.change, handlers.cost_changed,
+              [steps, ui.settings["guidance_scale"], guidance, ui.steps_before_fast], ("setting:guidance",),
+              api_name=False, queue=False)

@@ -464,12 +464,13 @@ class Handlers:
                 "setting:num_inference_steps": gr.update(value=steps, interactive=True, info=None),
                 "setting:scheduler": gr.update(value=scheduler, interactive=True, info=None)}
 
-    def steps_changed(self, steps, mode, steps_before_fast):
+    def cost_changed(self, steps, guidance_scale, mode, steps_before_fast):
         """The guidance choices say what an edit costs at the steps that mode runs (fast: its own; the others:
-        the user's steps, kept aside while fast is chosen)."""
+        the user's steps, kept aside while fast is chosen) and the guidance scale (CFG at <= 1 runs one pass)."""
         if mode == "fast":
             steps = steps_before_fast[0] if steps_before_fast else self.defaults.num_inference_steps
-        return {"setting:guidance": gr.update(choices=guidance_labels(self.pipeline, int(steps or 0)))}
+        scale = self.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
+        return {"setting:guidance": gr.update(choices=guidance_labels(self.pipeline, int(steps or 0), scale))}
 
     @staticmethod
     def mask_mode_changed(mode):

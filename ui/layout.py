@@ -286,7 +286,8 @@ def _settings_panel(defaults: EditSettings, pipeline) -> dict:
                 "guidance_scale": gr.Slider(0, 20, defaults.guidance_scale, step=0.5, label="Guidance scale"),
                 "scheduler": gr.Dropdown(scheduler_choices(pipeline), value=defaults.scheduler, label="Scheduler"),
                 "guidance": gr.Radio(
-                    guidance_labels(pipeline, defaults.num_inference_steps), value=defaults.guidance,
+                    guidance_labels(pipeline, defaults.num_inference_steps, defaults.guidance_scale),
+                    value=defaults.guidance,
                     label="Guidance mode", interactive=len(guidance_modes) > 1,
                     info=GUIDANCE_NOTE if len(guidance_modes) > 1 else (
                         "this model embeds its guidance scale" if guidance_modes == ["distilled"]
