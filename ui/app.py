@@ -40,14 +40,22 @@ CSS = """
 #prompt-check { min-height: 1.2em; font-size: 0.9em; }
 """
 # Ctrl+Z / Ctrl+Shift+Z (Cmd on a Mac) press Undo / Redo, unless the focus is in a text box, where they edit
-# the text. The app's own buttons are clicked, so a disabled one does nothing.
+# the text. Right after painting (the last click was on the canvas) they undo / redo brush strokes with the canvas's
+# own buttons, and stop when none are left rather than reach for a layer; otherwise they press the app's buttons,
+# which undo whole layers. A disabled button does nothing.
 SHORTCUTS_JS = """() => {
+  let painting = false;
+  document.addEventListener('pointerdown', (event) => {
+    painting = !!(event.target.closest && event.target.closest('#canvas canvas'));
+  }, true);
   document.addEventListener('keydown', (event) => {
     if (!(event.ctrlKey || event.metaKey) || event.altKey || event.key.toLowerCase() !== 'z') return;
     const target = event.target;
     const typing = 'input, textarea, select, [contenteditable=""], [contenteditable="true"]';
     if (target.closest && target.closest(typing)) return;
-    const button = document.querySelector(event.shiftKey ? '#redo' : '#undo');
+    const label = event.shiftKey ? 'Redo' : 'Undo';
+    const stroke = document.querySelector(`#canvas button[aria-label="${label}"]`);
+    const button = painting && stroke ? stroke : document.querySelector(`#${label.toLowerCase()}`);
     if (button && !button.disabled) { event.preventDefault(); button.click(); }
   });
 }"""
