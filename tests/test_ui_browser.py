@@ -430,6 +430,45 @@ def test_the_layer_list_hides_selects_and_re_edits_keeping_the_layers_above(serv
     assert "were regenerated" in wait_status(page, "Re-edited layer 1 'a green circle'")
 
 
+def outlined(page) -> bool:
+    """The canvas shows a layer's tight-mask outline."""
+    from ui.canvas import TIGHT_OUTLINE
+
+    page.mouse.move(5, 5)
+    shot = np.asarray(Image.open(io.BytesIO(page.locator("#canvas canvas").first.screenshot())).convert("RGB"))
+    return int((np.abs(shot.astype(int) - TIGHT_OUTLINE).max(axis=2) <= 12).sum()) > 20
+
+
+def test_strokes_painted_before_selecting_a_layer_stay_and_make_the_edit(server, page, session_of):
+    size = server[0].handlers.pipeline.default_size
+    generate(page)
+    scribble(page, session_of(), [((0.1, 0.15), (0.4, 0.2), (0.15, 0.4), (0.4, 0.4))])
+    type_prompt(page, "a red circle")
+    page.click("#edit")
+    wait_layers(page, 2)
+    wait_idle(page)
+    strokes = [((0.6, 0.55), (0.9, 0.6), (0.6, 0.85), (0.9, 0.9))]
+    scribble(page, session_of(), strokes)
+    painted = canvas_pixels(page, size)
+    assert outlined(page)  # the new layer's mask
+    layer_rows(page).nth(0).locator(".name").click()  # select the background: the outline goes, the stroke stays
+    wait_status(page, "Layer 0 'a grass background' selected")
+    for _ in range(20):
+        if not outlined(page):
+            break
+        page.wait_for_timeout(250)
+    assert not outlined(page)
+    area = scribbled_area(strokes, size, grow_px=0)
+    shown = canvas_pixels(page, size)
+    assert (np.abs(shown - painted).max(axis=2)[area] <= 8).mean() > 0.95
+    type_prompt(page, "a blue square")
+    page.click("#edit")
+    wait_layers(page, 3)
+    wait_idle(page)
+    user_mask = np.asarray(session_of().layers[2].user_mask) > 0
+    assert user_mask[area].mean() > 0.9 and not user_mask[: size[1] // 3, : size[0] // 3].any()
+
+
 def test_progress_shows_on_the_canvas_and_cancel_commits_nothing(server, page, session_of):
     generate(page)
     scribble(page, session_of(), [STROKE])

@@ -39,9 +39,10 @@ def upscale(image, factor: int) -> np.ndarray:
     return pixels if factor == 1 else pixels.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def canvas_value(image, layer=None) -> dict | None:
-    """The ImageEditor value showing `image` (upscaled, nearest) with no strokes on it. With an edit `layer`,
-    its masks are outlined: the tight mask solid (TIGHT_OUTLINE), the rough mask dashed (ROUGH_OUTLINE)."""
+def canvas_value(image, layer=None, strokes: dict | None = None) -> dict | None:
+    """The ImageEditor value showing `image` (upscaled, nearest). With an edit `layer`, its masks are outlined:
+    the tight mask solid (TIGHT_OUTLINE), the rough mask dashed (ROUGH_OUTLINE). No strokes on it, or those of
+    the canvas value `strokes` when it shows an image of the same size (selecting a layer keeps what was painted)."""
     if image is None:
         return None
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
@@ -49,7 +50,10 @@ def canvas_value(image, layer=None) -> dict | None:
     shown = upscale(pixels, scale)
     if layer is not None and layer.kind == "edit":
         shown = draw_outlines(shown, np.asarray(layer.mask) > 0.5, np.asarray(layer.user_mask) > 0, scale)
-    return {"background": shown, "layers": [], "composite": shown}
+    kept = [paint for paint in (strokes or {}).get("layers") or []
+            if paint is not None and np.asarray(paint).shape[:2] == shown.shape[:2]]
+    # The editor draws the composite under the layers, so it must not carry the strokes a second time.
+    return {"background": shown, "layers": kept, "composite": shown}
 
 
 def outline(mask: np.ndarray, scale: int, inside: bool) -> np.ndarray:

@@ -75,7 +75,7 @@ def wire_events(demo: gr.Blocks, ui: Components, handlers: Handlers) -> None:
     _wire_stack_events(ui, handlers)
     _wire_file_events(demo, ui, handlers)
     _wire_control_events(ui, handlers)
-    ui.canvas_key.change(handlers.canvas, [ui.state, ui.canvas_key], [ui.canvas], show_progress="hidden",
+    ui.canvas_key.change(handlers.canvas, [ui.state, ui.canvas_key, ui.canvas], [ui.canvas], show_progress="hidden",
                          api_name=False, queue=False)
 
 
