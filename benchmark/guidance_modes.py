@@ -58,8 +58,10 @@ def available_modes(pipeline) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- quality
-def paint_plan(session: Session, plan, modes: list[str]) -> list[dict]:
-    """Each edit of `plan` by every mode on the same base stack (the CFG edits below it). One row per edit."""
+def paint_plan(session: Session, plan, modes: list[str], setups: dict | None = None) -> list[dict]:
+    """Each edit of `plan` by every mode on the same base stack (the CFG edits below it). One row per edit.
+    `setups` maps a variant name used in `modes` to a function that prepares the pipeline for it and returns the
+    guidance mode it runs (benchmark.adapter_rank: one adapter cut to several ranks)."""
     import warnings
 
     rows = []
@@ -72,7 +74,7 @@ def paint_plan(session: Session, plan, modes: list[str]) -> list[dict]:
         for mode in modes[::-1]:  # CFG last: its layer stays as the base of the next edit
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "nothing drawn" is counted by the detector
-                session.edit(edit.prompt, box, guidance=mode)
+                session.edit(edit.prompt, box, guidance=setups[mode]() if setups and mode in setups else mode)
             images[mode] = np.asarray(session.image).copy()
             if mode != "cfg":
                 session.undo()

@@ -207,3 +207,26 @@ def test_distill_command_line_parses():
                               "--data", "noised", "--prompts", "p.txt"])
     assert (args.steps, args.rank, args.data, args.prompts) == (5, 8, "noised", "p.txt")
     assert args.handler is run_distill_command
+
+
+def test_rank_cut_keeps_a_full_rank_adapter_and_makes_a_low_rank_one(adapter_dir, tiny_model_dir):
+    from benchmark.adapter_rank import cut_deltas, rank_setups
+
+    session = Session.from_pretrained(tiny_model_dir, guidance_adapter=adapter_dir)
+    adapter = session.pipeline.adapters["distilled"]
+    full = [getattr(module, adapter.buffer).clone() for module in adapter.modules]
+    same, kept = cut_deltas(full, 4)  # the adapter is rank 4: a rank-4 cut is the adapter
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(same, full)) and min(kept) > 1 - 1e-9
+    one, kept = cut_deltas(full, 1)
+    assert all(torch.linalg.matrix_rank(d.reshape(d.shape[0], -1).double(), rtol=1e-6) <= 1 for d in one)
+    assert 0 < min(kept) < 1
+    setups, energy = rank_setups(adapter, [4, 1])
+    session.generate("a grass background", seed=5)
+    images = []
+    for name in ("rank-4", "rank-1", "rank-4"):
+        assert setups[name]() == "distilled"
+        session.edit("a red star", BOX, guidance="distilled", num_inference_steps=STEPS)
+        images.append(np.asarray(session.image).copy())
+        session.undo()
+    assert np.array_equal(images[0], images[2]) and not np.array_equal(images[0], images[1])
+    assert energy[4] == pytest.approx([1.0] * len(full))
