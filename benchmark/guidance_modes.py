@@ -78,7 +78,8 @@ def paint_plan(session: Session, plan, modes: list[str], setups: dict | None = N
             images[mode] = np.asarray(session.image).copy()
             if mode != "cfg":
                 session.undo()
-        row = {"plan": plan.name, "edit": index, "held_out": edit.held_out}
+        row = {"plan": plan.name, "edit": index, "held_out": edit.held_out,
+               "background": plan.meta.get("background_name")}
         for mode, image in images.items():
             verdict = metrics.detection(image, region, edit.colour, edit.shape)
             row[mode] = {"success": bool(verdict["shape_found"]), "colour": bool(verdict["colour_found"]),
@@ -123,6 +124,14 @@ def summarise_quality(rows: list[dict], modes: list[str]) -> dict:
     for mode in modes[1:]:
         values = [row[mode]["psnr_vs_cfg"] for row in rows if row[mode]["psnr_vs_cfg"] is not None]
         summary[f"{mode}_psnr_vs_cfg_db"] = round(float(np.median(values)), 2) if values else None
+    # Where the students' misses are: counts per scene background (a gap on one background points at the data).
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row.get("background") or "?", []).append(row)
+    summary["by_background"] = {
+        background: {"edits": len(group), **{f"{mode}_{key}": sum(bool(row[mode][key]) for row in group)
+                                             for mode in modes for key in ("success", "colour")}}
+        for background, group in sorted(groups.items())}
     return summary
 
 
@@ -339,6 +348,10 @@ def report(result: dict, modes: list[str]) -> None:
             line += f"; colour {fmt_difference(q['distilled_minus_cfg_colour'])} (goal >= -{GOALS['distilled_colour']:g})"
         print(line)
         print(f"  {mode} same-seed PSNR vs CFG on the edited region, median: {q[f'{mode}_psnr_vs_cfg_db']} dB")
+    print("  by background, edits found (colour + shape / colour in box): "
+          + "; ".join(f"{background} ({counts['edits']}) " + ", ".join(
+              f"{mode} {counts[f'{mode}_success']}/{counts[f'{mode}_colour']}" for mode in modes)
+              for background, counts in q["by_background"].items()))
     for mode in modes[1:]:
         print(f"\nPer-step x0 relative error of {mode} vs the CFG teacher, high noise first:")
         for scale, errors in result["x0_errors"][mode].items():

@@ -180,7 +180,11 @@ def test_the_guidance_modes_benchmark_prints_every_number_from_one_run(tiny_mode
     quality = result["quality"]
     assert quality["edits"] > 0 and quality["cfg_success"]["n"] == quality["edits"]
     assert quality["fast_minus_cfg_success"]["mcnemar"]["n"] == quality["edits"]
-    for line in ("Task quality, paired", "distilled - CFG: colour + shape", "fast - CFG", "McNemar p=",
+    by_background = quality["by_background"]  # the per-background counts add up to the totals
+    assert sum(counts["edits"] for counts in by_background.values()) == quality["edits"]
+    assert sum(counts["distilled_colour"] for counts in by_background.values()) == round(
+        quality["distilled_colour"]["value"] * quality["edits"])
+    for line in ("Task quality, paired", "by background, edits found", "distilled - CFG: colour + shape", "fast - CFG", "McNemar p=",
                  "Per-step x0 relative error of fast", "bare UNet call batch 1 / batch 2", "fast / CFG-20 edit",
                  "same-seed PSNR vs CFG"):
         assert line in out
