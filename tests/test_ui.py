@@ -357,7 +357,7 @@ def test_the_canvas_shows_the_image_upscaled_without_strokes():
     assert np.array_equal(value["background"], image.repeat(SCALE, 0).repeat(SCALE, 1))
     assert Handlers.canvas(None, None) is None  # the follow-up event after every change shows the session's image:
     session = SimpleNamespace(image=Image.fromarray(image), layers=(SimpleNamespace(kind="background"),))
-    assert np.array_equal(Handlers.canvas(session, (0, 0, False))["background"], value["background"])
+    assert np.array_equal(Handlers.canvas(session, (0, 0))["background"], value["background"])
 
 
 def test_selecting_a_layer_keeps_the_strokes_painted_and_a_new_image_drops_them():
@@ -367,12 +367,12 @@ def test_selecting_a_layer_keeps_the_strokes_painted_and_a_new_image_drops_them(
     stroke = np.zeros((side, side, 4), dtype=np.uint8)
     stroke[10:20, 10:40] = (255, 45, 117, 153)
     painted = {"background": None, "layers": [stroke], "composite": None}
-    kept = Handlers.canvas(session, (1, 0, True), painted)
+    kept = Handlers.canvas(session, (1, 0), painted)
     assert len(kept["layers"]) == 1 and np.array_equal(kept["layers"][0], stroke)
     assert np.array_equal(kept["composite"], kept["background"])  # the editor draws the strokes over it once
-    assert Handlers.canvas(session, (2, 0, False), painted)["layers"] == []  # after an edit: a clean canvas
+    assert Handlers.canvas(session, (2, 0))["layers"] == []  # after an edit: a clean canvas
     other_size = {"layers": [stroke[: side // 2]]}  # strokes made on an image of another size are not kept
-    assert Handlers.canvas(session, (3, 0, True), other_size)["layers"] == []
+    assert Handlers.canvas(session, (3, 0), other_size)["layers"] == []
 
 
 def test_the_canvas_is_an_integer_upscale():

@@ -21,7 +21,7 @@ from ui.layout import Components
 
 MODEL_EVENTS = {"concurrency_id": "pipeline", "concurrency_limit": 1}  # the pipeline runs one call at a time
 SELECTION = ("selected_layer", "prompt", "seed_mode", "seed", *(f"setting:{name}" for name in SETTING_CONTROLS),
-             "layer_list", "canvas_key", "status", "steps_before_fast")
+             "layer_list", "selection_key", "status", "steps_before_fast")
 
 
 def takes_settings(handler):
@@ -75,8 +75,12 @@ def wire_events(demo: gr.Blocks, ui: Components, handlers: Handlers) -> None:
     _wire_stack_events(ui, handlers)
     _wire_file_events(demo, ui, handlers)
     _wire_control_events(ui, handlers)
-    ui.canvas_key.change(handlers.canvas, [ui.state, ui.canvas_key, ui.canvas], [ui.canvas], show_progress="hidden",
+    ui.canvas_key.change(handlers.canvas, [ui.state, ui.canvas_key], [ui.canvas], show_progress="hidden",
                          api_name=False, queue=False)
+    # Only a selection reads the canvas (to keep its strokes): reading it means uploading it first, and a refresh
+    # that waits for that upload would wipe strokes painted meanwhile after every new image.
+    ui.selection_key.change(handlers.canvas, [ui.state, ui.selection_key, ui.canvas], [ui.canvas],
+                            show_progress="hidden", api_name=False, queue=False)
 
 
 def _wire(ui: Components, trigger, handler, inputs: list, outputs, settings: bool = False, view: bool = False,

@@ -177,21 +177,21 @@ class Handlers:
                  "toggle": index > 0, "thumb": png_data_uri(layer_thumbnail(layer))}
                 for index, layer in enumerate(layers)]
 
-    def _canvas_key(self, selected: int | None, keep_strokes: bool = False) -> tuple[int, int | None, bool]:
-        """A new value for the canvas key (its change refreshes the canvas), carrying the layer to outline (the
-        refresh event reads it rather than the selection, which the browser may not have updated yet) and whether
-        the strokes painted stay (a selection: yes; a new image: no, they were used or belong to another image)."""
-        return next(self._canvas_keys), selected, keep_strokes
+    def _canvas_key(self, selected: int | None) -> tuple[int, int | None]:
+        """A new value for the canvas key or the selection key (a change refreshes the canvas), carrying the
+        layer to outline: the refresh event reads it rather than the selection, which the browser may not have
+        updated yet."""
+        return next(self._canvas_keys), selected
 
     @staticmethod
-    def canvas(session, canvas_key, canvas=None) -> dict | None:
-        """The canvas showing the session's current image (upscaled), the masks of the layer the key names
-        outlined, and no strokes unless the key keeps them."""
+    def canvas(session, canvas_key, strokes=None) -> dict | None:
+        """The canvas showing the session's current image (upscaled) with the masks of the layer the key names
+        outlined, and the strokes of the canvas value `strokes` (a selection) or none (a new image)."""
         if session is None or not session.layers:
             return None
-        selected, keep_strokes = (canvas_key[1], canvas_key[2]) if canvas_key else (None, False)
+        selected = canvas_key[1] if canvas_key else None
         layer = session.layers[selected] if selected is not None and 0 <= selected < len(session.layers) else None
-        return canvas_value(session.image, layer, canvas if keep_strokes else None)
+        return canvas_value(session.image, layer, strokes)
 
     # -------------------------------------------------------------- creating layers
     def generate(self, session, prompt, seed_mode, seed, settings: SettingsControls, view=None):
@@ -430,8 +430,7 @@ class Handlers:
                 "change the prompt, seed or settings (or paint a new area) and **Re-edit selected**")
         return {"selected_layer": index, "prompt": layer.prompt, "seed_mode": "session" if shared else "fixed",
                 "seed": layer.seed, **{f"setting:{name}": value for name, value in controls.items()},
-                "layer_list": self.layer_rows(session.layers, index),
-                "canvas_key": self._canvas_key(index, keep_strokes=True),
+                "layer_list": self.layer_rows(session.layers, index), "selection_key": self._canvas_key(index),
                 "status": f"Layer {index} '{layer.prompt}' selected: {hint}."
                           + (f"  \n{OUTLINE_LEGEND[2:].capitalize()}." if layer.kind == "edit" else ""), **remembered}
 

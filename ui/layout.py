@@ -91,7 +91,8 @@ class Components:
 
     state: gr.State
     staging: gr.State  # the variations waiting to be picked (ui.handlers.Staging) or None
-    canvas_key: gr.State  # changes whenever the canvas must show the session's image anew
+    canvas_key: gr.State  # changes whenever the canvas must show the session's image anew (no strokes)
+    selection_key: gr.State  # changes when a layer is selected: its outline shown, the strokes painted kept
     steps_before_fast: gr.State  # (steps, scheduler) the user had before choosing fast guidance, else None
     activity: gr.HTML  # hidden: gradio's own progress and error marks go here, never over a panel
     restore_offer: gr.Row
@@ -159,7 +160,8 @@ def create_components(pipeline, session_closed: Callable) -> Components:
     tokenizer). `session_closed` is called with a tab's Session when gradio drops it."""
     defaults = default_settings(pipeline)
     found = {"state": gr.State(None, time_to_live=SESSION_IDLE_TTL_S, delete_callback=session_closed),
-             "staging": gr.State(None), "canvas_key": gr.State(None), "steps_before_fast": gr.State(None),
+             "staging": gr.State(None), "canvas_key": gr.State(None), "selection_key": gr.State(None),
+             "steps_before_fast": gr.State(None),
              "activity": gr.HTML("", visible=False, elem_id="activity")}
     gr.Markdown(INTRO)
     found.update(_restore_row())
