@@ -84,6 +84,7 @@ def main(argv=None) -> dict:
               f"({guidance_modes.fmt_difference(summary[f'{name}_minus_cfg_colour'])}), "
               f"PSNR vs CFG {summary[f'{name}_psnr_vs_cfg_db']} dB")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result
 
