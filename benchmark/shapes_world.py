@@ -440,17 +440,22 @@ def _n_objects(rng: np.random.Generator, n_objects: int | tuple[int, int] | None
 
 
 def sample_scene(rng: np.random.Generator, size: Size = 64, n_objects: int | tuple[int, int] | None = None,
-                 split: str = "train", object_px: tuple[int, int] | None = None) -> Scene:
+                 split: str = "train", object_px: tuple[int, int] | None = None,
+                 background: str | None = None) -> Scene:
     """Sample a random scene: a background and 1-3 (default) distinct (colour, shape) objects, non-overlapping.
 
     split="train" never yields a held-out (colour, shape, background) triple; split="heldout" yields only
     held-out triples (for every object); split="any" samples from all triples. n_objects is an int, an
     inclusive (lo, hi) range, or None for DEFAULT_N_OBJECTS. object_px is the (min, max) longer side of an
-    object at 64 px, default (OBJECT_MIN_PX, OBJECT_MAX_PX).
+    object at 64 px, default (OBJECT_MIN_PX, OBJECT_MAX_PX). background: one of BACKGROUNDS (default: drawn
+    uniformly).
     """
     width, height = _wh(size)
     n = _n_objects(rng, n_objects)
-    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    if background is None:
+        background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    elif background not in BACKGROUNDS:
+        raise ValueError(f"unknown background {background!r}; known: {BACKGROUNDS}")
     pairs = _pairs(background, split)
     if n > len(pairs):
         raise ValueError(f"{n} distinct objects requested but {background!r} has {len(pairs)} {split} pairs")

@@ -209,6 +209,33 @@ def test_distill_command_line_parses():
     assert args.handler is run_distill_command
 
 
+def test_background_weights_change_how_often_each_scene_background_is_drawn(capsys):
+    from training.distill.rollouts import shapes_world_scenes
+
+    def share_of_sea(weights):
+        rng = np.random.default_rng(0)
+        scenes = [shapes_world_scenes(rng, background_weights=weights) for _ in range(600)]
+        return np.mean([scene.background.endswith("sea background") for scene in scenes])
+
+    assert abs(share_of_sea(()) - 1 / 6) < 0.05
+    assert abs(share_of_sea((("sea", 3.0),)) - 3 / 8) < 0.05
+    assert share_of_sea((("sky", 1e-9), ("grass", 1e-9), ("sand", 1e-9), ("night", 1e-9), ("brick", 1e-9))) > 0.99
+
+    parser = argparse.ArgumentParser()
+    add_distill_command(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["distill", "--background-weights", "sea=3,sand=2"]).background_weights == (
+        ("sea", 3.0), ("sand", 2.0))
+    for bad in ("ocean=3", "sea", "sea=0", "sea=x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["distill", "--background-weights", bad])
+        assert "NAME=WEIGHT" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="NAME=WEIGHT"):
+        DistillConfig(background_weights=(("ocean", 2.0),))
+    with pytest.raises(ValueError, match="shapes-world edit rollouts"):
+        distill(tiny_pipeline(), "unused", DistillConfig(steps=0, background_weights=(("sea", 2.0),)),
+                list_prompts(PROMPTS), progress=False, log=lambda _: None)
+
+
 def test_rank_cut_keeps_a_full_rank_adapter_and_makes_a_low_rank_one(adapter_dir, tiny_model_dir):
     from benchmark.adapter_rank import cut_deltas, rank_setups
 

@@ -13,7 +13,7 @@ from pipelines.guidance_format import LORA_GAINS
 from pipelines.loading import EMBEDDED_MODEL_DIR, load_pipeline, resolve_model
 
 from .. import configs
-from .config import CALL_SAMPLING, DATA_MODES, LOSSES, MODES, DistillConfig
+from .config import CALL_SAMPLING, DATA_MODES, LOSSES, MODES, DistillConfig, parse_background_weights
 from .data import file_prompts, shapes_world_latents, shapes_world_prompts
 from .loop import distill
 
@@ -56,6 +56,13 @@ def distill_model(model: str | None, out: str | Path | None, config: DistillConf
         name = str(Path(resolve_model(model)).resolve())
     return distill(pipeline, out, config, prompts, clean=clean, base_model=name, state_dir=state_dir, progress=progress,
                    shapes_world=shapes_world)
+
+
+def background_weights_argument(text: str) -> tuple[tuple[str, float], ...]:
+    try:
+        return parse_background_weights(text)
+    except ValueError as error:  # argparse shows an ArgumentTypeError's own words
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_distill_command(subparsers) -> argparse.ArgumentParser:
@@ -107,6 +114,9 @@ def add_distill_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--call-sampling", choices=CALL_SAMPLING, default=defaults.call_sampling,
                         help="--data edits: by-noise trains on a call at timestep t with probability "
                              "max(0.25, t / T), all on every call (default %(default)s)")
+    parser.add_argument("--background-weights", type=background_weights_argument, default=defaults.background_weights,
+                        help="shapes-world edit rollouts: draw these scene backgrounds more (or less) often than "
+                             "the others, e.g. 'sea=3' (default: uniform)")
     parser.add_argument("--fast-steps", type=int, default=defaults.fast_steps,
                         help="--mode fast: the student's steps (default %(default)s)")
     parser.add_argument("--teacher-steps", type=int, default=defaults.teacher_steps,
@@ -128,7 +138,7 @@ def run_distill_command(args) -> int:
     steps = args.steps if args.steps is not None else (None if args.minutes is not None else DistillConfig.steps)
     config = DistillConfig(
         mode=args.mode, head=not args.no_head, min_scale=args.min_scale, student_rollouts=args.student_rollouts, accumulate=args.accumulate,
-        call_sampling=args.call_sampling,
+        call_sampling=args.call_sampling, background_weights=args.background_weights,
         fast_steps=args.fast_steps, teacher_steps=args.teacher_steps,
         steps=steps, minutes=args.minutes, rank=args.rank, alpha=args.alpha,
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), data=args.data,

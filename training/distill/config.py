@@ -30,6 +30,24 @@ CALL_SAMPLING = ("by-noise", "all")
 CALL_FLOOR = 0.25
 
 
+def parse_background_weights(text: str) -> tuple[tuple[str, float], ...]:
+    """ "sea=3,sand=2" -> (("sea", 3.0), ("sand", 2.0)); the backgrounds not named keep weight 1."""
+    from benchmark.shapes_world import BACKGROUNDS
+
+    weights = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or name.strip() not in BACKGROUNDS or not weight > 0:
+            raise ValueError(f"background weights are NAME=WEIGHT pairs with NAME in {BACKGROUNDS} and WEIGHT > 0, "
+                             f"e.g. 'sea=3'; got {item!r}")
+        weights.append((name.strip(), weight))
+    return tuple(weights)
+
+
 @dataclass
 class DistillConfig:
     """How an adapter is trained. One default per number, documented here (the choices behind the defaults:
@@ -55,6 +73,9 @@ class DistillConfig:
     student_rollouts: float = 0.5  # share of edits that continue from the student's output (else the teacher's)
     accumulate: int = 4  # edit-rollout denoiser calls per optimizer step (each call is one batch row)
     call_sampling: str = "by-noise"  # see CALL_SAMPLING
+    # Shapes-world edit rollouts: how often each scene background is drawn, relative to 1 for those not named
+    # (more rollouts where the student misses most; the model card has the measured effect). Empty: uniform.
+    background_weights: tuple[tuple[str, float], ...] = ()
     fast_steps: int = 4  # "fast": the student's DDIM steps (trailing spacing)
     teacher_steps: int = 20  # "fast": the CFG teacher's DDIM steps, cut into fast_steps segments
     embedding_dim: int = EMBEDDING_DIM
@@ -88,6 +109,7 @@ class DistillConfig:
         if self.max_scale <= 1.0 or not 1.0 <= self.min_scale <= self.max_scale:
             raise ValueError(f"need 1 <= min_scale <= max_scale and max_scale > 1, got {self.min_scale}, "
                              f"{self.max_scale}")
+        parse_background_weights(",".join(f"{name}={weight}" for name, weight in self.background_weights))
         if self.rank < 1 or self.batch_size < 1:
             raise ValueError("rank and batch_size must be >= 1")
 

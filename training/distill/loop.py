@@ -7,6 +7,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +40,19 @@ def distill(pipeline, out: str | Path, config: DistillConfig, prompts: PromptSam
     out = Path(out)
     if pipeline.is_inpainting_unet:
         raise ValueError("guidance distillation supports text-to-image UNets; this checkpoint has an inpainting UNet")
+    if config.background_weights and not (shapes_world and config.data.startswith("edits")):
+        raise ValueError("background weights apply to shapes-world edit rollouts (the embedded model or "
+                         "--shapes-world, with --data edits or edits+trajectories)")
     run = DistillationRun(pipeline, out, config, Path(state_dir) if state_dir is not None else default_state_dir(out),
                           base_model, log)
     rng = np.random.default_rng(config.seed + run.done)
     torch.manual_seed(config.seed + run.done)
     uncond = encode_prompts(pipeline, [""])
     if config.data.startswith("edits"):
-        scenes = shapes_world_scenes if shapes_world else prompt_scenes(prompts, pipeline.default_size)
+        if shapes_world:
+            scenes = partial(shapes_world_scenes, background_weights=config.background_weights)
+        else:
+            scenes = prompt_scenes(prompts, pipeline.default_size)
         data = EditRollouts(pipeline, scenes, uncond, config, rng, run.learn)
         if config.data == "edits+trajectories":
             data.plain = TeacherTrajectories(pipeline, prompts, uncond, config, rng)
@@ -178,6 +185,7 @@ class DistillationRun:
             "teacher_steps": config.teacher_steps if config.mode == "fast" else None, "data": config.data, "lr": config.lr, "batch_size": config.batch_size,
             "student_rollouts": config.student_rollouts, "accumulate": config.accumulate,
             "call_sampling": config.call_sampling,
+            "background_weights": dict(config.background_weights),
             "sample_steps": list(config.sample_steps), "hardware": hardware(),
             "prediction_type": scheduler_config.get("prediction_type", "epsilon"),
             "val_rel_error": val, "last_loss": round(float(np.mean(self.losses[-50:])), 6) if self.losses else None,

@@ -42,12 +42,19 @@ class EditScene:
     seed: int
 
 
-def shapes_world_scenes(rng: np.random.Generator, size: int = 64) -> EditScene:
+def shapes_world_scenes(rng: np.random.Generator, size: int = 64,
+                        background_weights: tuple[tuple[str, float], ...] = ()) -> EditScene:
     """A background (half the time with objects in its caption, as users write them) and 1-3 edits of
-    training-split objects (held-out triples never appear) in random boxes."""
+    training-split objects (held-out triples never appear) in random boxes. `background_weights`: (name, weight)
+    pairs, relative to 1 for the backgrounds not named; empty draws them uniformly."""
     from benchmark import shapes_world as sw
 
-    scene = sw.sample_scene(rng, size, n_objects=(0, 3), split="train")
+    background = None
+    if background_weights:
+        weights = dict(background_weights)
+        p = np.array([weights.get(name, 1.0) for name in sw.BACKGROUNDS])
+        background = sw.BACKGROUNDS[int(rng.choice(len(p), p=p / p.sum()))]
+    scene = sw.sample_scene(rng, size, n_objects=(0, 3), split="train", background=background)
     caption = scene.caption if rng.random() < 0.5 else sw.caption(scene.background, [])
     pairs = [(c, s) for c in sw.COLOURS for s in sw.SHAPES if not sw.is_held_out(c, s, scene.background)]
     chosen = rng.choice(len(pairs), int(rng.integers(1, 4)), replace=False)
