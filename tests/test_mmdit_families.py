@@ -283,8 +283,12 @@ def test_the_ui_starts_on_flux_with_its_own_settings_and_paints(tmp_path):
         result = Client(url, verbose=False).predict(prompt="a grass background", seed_mode="fixed", seed=1,
                                                     **values, api_name="/generate")
         assert Image.open(result[0]).size == SIZE
+        status = next(value for value in result if isinstance(value, str) and value.startswith("Painted"))
+        assert "distilled: " in status and "2 transformer passes." in status
     finally:
         demo.close()
+    # Costs are counted in the model's own denoiser passes: a transformer here, not a UNet.
+    assert controls.guidance_labels(pipeline, 20, 3.5) == [("distilled · 20 transformer passes", "distilled")]
 
 
 def test_the_benchmark_runs_on_a_tiny_flux_folder(tmp_path):

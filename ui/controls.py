@@ -22,7 +22,7 @@ MASK_MODE_LABELS = {"scribble": "area of the scribble", "stroke": "the stroke it
                     "stroke box": "bounding box of the strokes", "box": "box x0, y0, x1, y1"}
 MASK_MODE_CHOICES = [(MASK_MODE_LABELS[mode], mode) for mode in MASK_MODES]  # what each means: ui/canvas.py
 MAX_VARIATIONS = 6
-GUIDANCE_NOTE = ("distilled and fast run one UNet pass per step and have no negative prompt; fast runs only its "
+GUIDANCE_NOTE = ("distilled and fast run one model pass per step and have no negative prompt; fast runs only its "
                  "adapter's few steps")
 NO_NEGATIVE_PROMPT = ("distilled", "fast")  # their adapters learned the empty prompt as the unconditional half
 FAST_SCHEDULER = "ddim"  # the sampler a fast adapter is distilled for (pipelines.LayeredPipeline.check_inputs)
@@ -115,20 +115,27 @@ def unet_passes(mode: str, steps: int, fast: int | None, guidance_scale: float) 
 
 def guidance_labels(pipeline, steps: int, guidance_scale: float) -> list[tuple[str, str]]:
     """The guidance control's (label, mode) choices, each label saying what an edit costs at `steps` steps."""
-    fast = fast_steps(pipeline)
-    return [(f"{GUIDANCE_NAMES[mode]} · {passes(unet_passes(mode, steps, fast, guidance_scale))}", mode)
+    fast, network = fast_steps(pipeline), network_name(pipeline)
+    return [(f"{GUIDANCE_NAMES[mode]} · {passes(unet_passes(mode, steps, fast, guidance_scale), network)}", mode)
             for mode in guidance_choices(pipeline)]
 
 
-def speed_note(info: dict) -> str:
+def speed_note(info: dict, network: str = "UNet") -> str:
     """What painting a layer took, from its info: "fast: 0.21 s, 4 UNet passes" (older layers may lack some)."""
     mode = info.get("guidance")
-    cost = [f"{info.get('seconds', 0):.2f} s", *([passes(info["unet_evals"])] if "unet_evals" in info else [])]
+    cost = [f"{info.get('seconds', 0):.2f} s",
+            *([passes(info["unet_evals"], network)] if "unet_evals" in info else [])]
     return (f"{GUIDANCE_NAMES.get(mode, mode)}: " if mode else "") + ", ".join(cost)
 
 
-def passes(count: int) -> str:
-    return f"{count} UNet pass{'' if count == 1 else 'es'}"
+def network_name(pipeline) -> str:
+    """What the model's denoiser is called in cost labels: "UNet" (SD, SDXL) or "transformer" (PixArt, SD3, FLUX)."""
+    family = getattr(pipeline, "family", None)
+    return "transformer" if family is not None and family.denoiser_name == "transformer" else "UNet"
+
+
+def passes(count: int, network: str = "UNet") -> str:
+    return f"{count} {network} pass{'' if count == 1 else 'es'}"
 
 
 def scheduler_choices(pipeline) -> list[str]:

@@ -55,6 +55,7 @@ from ui.controls import (
     fast_steps,
     guidance_choices,
     guidance_labels,
+    network_name,
     pick_seed,
     speed_note,
     variation_seeds,
@@ -210,7 +211,8 @@ class Handlers:
                 prompt, seed=chosen, callback_on_step_end=callback, **values),
                                     values["num_inference_steps"], f"Painting the background '{prompt}'", cancel)
             top = session.layers[-1]
-            message = f"Painted the background '{prompt}' (seed {top.seed}) · {speed_note(top.info)}."
+            cost = speed_note(top.info, network_name(session.pipeline))
+            message = f"Painted the background '{prompt}' (seed {top.seed}) · {cost}."
             return {**self.view(session, 0, message), "seed": top.seed}
 
         yield from self._running(session, work, f"Painting the background '{prompt}'")
@@ -619,7 +621,7 @@ class Handlers:
                     f"{info['region_pixels']} pixels changed. Try a larger area, another seed (Seed: random) or "
                     "**Make variations**; **Undo** removes the layer.")
         changed = f": {info['changed_pixels']} px changed" if "changed_pixels" in info else ""
-        return f"{verb} layer {index} '{layer.prompt}'{changed} · {speed_note(info)}."
+        return f"{verb} layer {index} '{layer.prompt}'{changed} · {speed_note(info, network_name(session.pipeline))}."
 
     @staticmethod
     def _candidate_items(made) -> list:
