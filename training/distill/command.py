@@ -137,13 +137,12 @@ def add_distill_command(subparsers) -> argparse.ArgumentParser:
 def run_distill_command(args) -> int:
     steps = args.steps if args.steps is not None else (None if args.minutes is not None else DistillConfig.steps)
     config = DistillConfig(
-        mode=args.mode, head=not args.no_head, min_scale=args.min_scale, student_rollouts=args.student_rollouts, accumulate=args.accumulate,
-        call_sampling=args.call_sampling, background_weights=args.background_weights,
-        fast_steps=args.fast_steps, teacher_steps=args.teacher_steps,
-        steps=steps, minutes=args.minutes, rank=args.rank, alpha=args.alpha,
-        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), data=args.data,
-        batch_size=args.batch_size, lr=args.lr, loss=args.loss, lora_gain=args.lora_gain, max_scale=args.max_scale,
-        embedding_dim=args.embedding_dim,
+        mode=args.mode, steps=steps, minutes=args.minutes, rank=args.rank, alpha=args.alpha,
+        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), data=args.data, loss=args.loss,
+        lora_gain=args.lora_gain, head=not args.no_head, batch_size=args.batch_size, lr=args.lr,
+        min_scale=args.min_scale, max_scale=args.max_scale, student_rollouts=args.student_rollouts,
+        accumulate=args.accumulate, call_sampling=args.call_sampling, background_weights=args.background_weights,
+        fast_steps=args.fast_steps, teacher_steps=args.teacher_steps, embedding_dim=args.embedding_dim,
         pool=args.pool, ckpt_minutes=args.ckpt_minutes, seed=args.seed, fresh=args.fresh,
         gradient_checkpointing=args.gradient_checkpointing)
     meta = distill_model(args.model, args.out, config, prompts_file=args.prompts,

@@ -178,13 +178,13 @@ class DistillationRun:
                                scheduler_config=scheduler_config)
         self.unet.train()
         meta = {
-            "base_model": self.base_model, "family": self.pipeline.family.name, "scale_range": [config.min_scale, config.max_scale],
-            "lora_gain": config.lora_gain, "loss": config.loss, "steps": self.step,
-            "minutes": round(self.spent + (time.perf_counter() - self.started) / 60, 2),
+            "base_model": self.base_model, "family": self.pipeline.family.name,
+            "scale_range": [config.min_scale, config.max_scale], "lora_gain": config.lora_gain, "loss": config.loss,
+            "steps": self.step, "minutes": round(self.spent + (time.perf_counter() - self.started) / 60, 2),
             "mode": config.mode, "fast_steps": config.fast_steps if config.mode == "fast" else None,
-            "teacher_steps": config.teacher_steps if config.mode == "fast" else None, "data": config.data, "lr": config.lr, "batch_size": config.batch_size,
-            "student_rollouts": config.student_rollouts, "accumulate": config.accumulate,
-            "call_sampling": config.call_sampling,
+            "teacher_steps": config.teacher_steps if config.mode == "fast" else None, "data": config.data,
+            "lr": config.lr, "batch_size": config.batch_size, "student_rollouts": config.student_rollouts,
+            "accumulate": config.accumulate, "call_sampling": config.call_sampling,
             "background_weights": dict(config.background_weights),
             "sample_steps": list(config.sample_steps), "hardware": hardware(),
             "prediction_type": scheduler_config.get("prediction_type", "epsilon"),
