@@ -33,7 +33,8 @@ Training states (where the student is evaluated):
   trajectories (many prompts per batch: less correlated than one edit's steps).
 - "trajectories": the teacher's own CFG sampling runs (DDIM, a random step count and scale per batch).
 - "noised": clean latents forward-noised to a random t; "mixed": "noised" and "trajectories" in turn.
-Prompts and scenes: shapes-world captions, objects and boxes (training-split triples) for the embedded model,
+Prompts and scenes: shapes-world captions, objects and boxes (training-split triples) for the embedded model
+(--background-weights sea=3 draws the sea scenes, where the fast student missed most, three times as often),
 else --prompts FILE (backgrounds and edit prompts drawn from it, boxes of 1/9-1/3 of the image).
 
 Resumable: rerun the same command and it continues from the adapter in --out (and the optimizer
