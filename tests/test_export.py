@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -345,17 +346,26 @@ def x_display():
         yield os.environ["DISPLAY"]
         return
     read_end, write_end = os.pipe()
-    server = subprocess.Popen([XVFB, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                              pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # -noreset: by default Xvfb resets when its last client leaves, and a client that connects during the reset
+    # (the next Krita run, on a loaded machine) can be refused. Its log goes to a file: a pipe nobody reads can
+    # fill with each client's keymap warnings, and then Xvfb blocks and accepts no one. (Either would explain one
+    # fresh-clone run's "could not connect to display" for the second Krita run.)
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen([XVFB, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp",
+                               "-noreset"], pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=log)
     os.close(write_end)
     try:
         with os.fdopen(read_end) as reader:
             number = reader.readline().strip()
-        assert number.isdigit(), f"Xvfb did not start: {server.stderr.read().decode()[-2000:] if server.poll() is not None else ''}"
+        if not number.isdigit():
+            server.wait(timeout=30)
+            log.seek(0)
+            raise AssertionError(f"Xvfb did not start: {log.read().decode(errors='replace')[-2000:]}")
         yield f":{number}"
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
 
 
 @pytest.mark.skipif(KRITA is None, reason="krita is not installed (Debian: apt-get install krita xvfb); CI installs it")

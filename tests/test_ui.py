@@ -618,14 +618,14 @@ def test_nothing_drawn_is_said_in_the_status(monkeypatch):
     shown = []
     monkeypatch.setattr(gr_module(), "Warning", lambda message, **kwargs: shown.append(message))
     layer = SimpleNamespace(prompt="a red circle", info={"changed_pixels": 1, "region_pixels": 400, "seconds": 0.5})
-    status = Handlers._edit_report(SimpleNamespace(layers=[None, layer]), 1, "Painted")
+    status = Handlers._edit_report(SimpleNamespace(pipeline=None, layers=[None, layer]), 1, "Painted")
     assert status.startswith("**Nothing was drawn** for 'a red circle'") and "larger area" in status
     assert "another seed" in status and shown and "Nothing was drawn" in shown[0]
     drawn = SimpleNamespace(prompt="a red circle", info={"changed_pixels": 90, "region_pixels": 400, "seconds": 0.5})
-    assert Handlers._edit_report(SimpleNamespace(layers=[None, drawn]), 1, "Painted").startswith(
+    assert Handlers._edit_report(SimpleNamespace(pipeline=None, layers=[None, drawn]), 1, "Painted").startswith(
         "Painted layer 1 'a red circle': 90 px changed")
     timed = SimpleNamespace(prompt="a red circle", info={**drawn.info, "guidance": "cfg", "unet_evals": 40})
-    assert Handlers._edit_report(SimpleNamespace(layers=[None, timed]), 1, "Painted").endswith(
+    assert Handlers._edit_report(SimpleNamespace(pipeline=None, layers=[None, timed]), 1, "Painted").endswith(
         "90 px changed · CFG: 0.50 s, 40 UNet passes.")  # what the edit took, and in which guidance mode
 
 
