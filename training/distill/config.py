@@ -30,22 +30,29 @@ CALL_SAMPLING = ("by-noise", "all")
 CALL_FLOOR = 0.25
 
 
+BACKGROUND_WEIGHTS_FORM = "background weights are NAME=WEIGHT pairs with NAME a shapes-world background and WEIGHT > 0"
+
+
 def parse_background_weights(text: str) -> tuple[tuple[str, float], ...]:
     """ "sea=3,sand=2" -> (("sea", 3.0), ("sand", 2.0)); the backgrounds not named keep weight 1."""
-    from benchmark.shapes_world import BACKGROUNDS
-
     weights = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
         name, sep, value = item.partition("=")
         try:
-            weight = float(value)
+            weights.append((name.strip(), float(value)))
         except ValueError:
-            weight = -1.0
-        if not sep or name.strip() not in BACKGROUNDS or not weight > 0:
-            raise ValueError(f"background weights are NAME=WEIGHT pairs with NAME in {BACKGROUNDS} and WEIGHT > 0, "
-                             f"e.g. 'sea=3'; got {item!r}")
-        weights.append((name.strip(), weight))
-    return tuple(weights)
+            raise ValueError(f"{BACKGROUND_WEIGHTS_FORM}, e.g. 'sea=3'; got {item!r}") from None
+    return check_background_weights(tuple(weights))
+
+
+def check_background_weights(weights: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+    from benchmark.shapes_world import BACKGROUNDS
+
+    for name, weight in weights:
+        if name not in BACKGROUNDS or not weight > 0:
+            raise ValueError(f"{BACKGROUND_WEIGHTS_FORM} ({', '.join(BACKGROUNDS)}), e.g. 'sea=3'; "
+                             f"got {name}={weight:g}")
+    return weights
 
 
 @dataclass
@@ -109,7 +116,7 @@ class DistillConfig:
         if self.max_scale <= 1.0 or not 1.0 <= self.min_scale <= self.max_scale:
             raise ValueError(f"need 1 <= min_scale <= max_scale and max_scale > 1, got {self.min_scale}, "
                              f"{self.max_scale}")
-        parse_background_weights(",".join(f"{name}={weight}" for name, weight in self.background_weights))
+        check_background_weights(self.background_weights)
         if self.rank < 1 or self.batch_size < 1:
             raise ValueError("rank and batch_size must be >= 1")
 
